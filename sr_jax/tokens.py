@@ -24,6 +24,7 @@ the mantissa from one IEEE division or multiplication and a round-half-even.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax.numpy as jnp
@@ -86,10 +87,14 @@ DECODER_VOCAB = Vocabulary((PAD, BOS, EOS),
                            tuple(operators.OPERATORS) + operators.VARIABLES)
 
 
+@functools.lru_cache(maxsize=4)
 def _powers_of_ten(dtype) -> np.ndarray:
   """10**k for k = 0..max, each correctly rounded to `dtype` (parsed from text)."""
+  dtype = np.dtype(dtype)
   max_k = int(np.floor(np.log10(np.finfo(dtype).max)))
-  return np.array([float(f"1e{k}") for k in range(max_k + 1)], dtype=dtype)
+  table = np.array([float(f"1e{k}") for k in range(max_k + 1)], dtype=dtype)
+  table.flags.writeable = False
+  return table
 
 
 def _encode(xp, values, pow10):

@@ -1,0 +1,216 @@
+"""The training input pipeline on grain: step -> host batch of fixed, bucketed shape.
+
+The data position is the step (style.md section 7). Global step s draws
+`np.random.default_rng([seed, s, 2])` to choose one point bucket k, then generates
+`rows[k]` examples with global indices s * max(rows) + r, each conditioned on
+N in bucket k (`generator.generate(..., num_points_range=...)`). Process p of P
+generates rows [p*rows/P, (p+1)*rows/P) of that global batch, so hosts read disjoint
+slices and agree on every shape without talking to each other. Nothing depends on
+access order, worker count or process count, and resuming needs only the step (or
+the grain iterator state, `{'next_index': ...}`, which is the same thing).
+
+Length-aware batching, and how it differs from E2E: E2E sorts a queue of 2,000
+samples by length and cuts slices of ~10,000 points, giving a new shape almost every
+step. Here the point count N, which sets the encoder's work, is bucketed before
+generation, so each batch holds ~`points_per_batch` padded points with at most one
+bucket width of padding, and there are exactly len(point_buckets) shapes:
+
+    points_BxNx33  B = rows(N), N in point_buckets (defaults: 200x50, 96x100,
+                   64x150, 48x200 rows x points)
+    targets_BxL    L = max_target_length + 2 (BOS/EOS), fixed (default 128)
+
+Bucket k is chosen with probability proportional to P(N in bucket k) / rows(k), so
+over many steps the examples' N (and D) follow the generator's distribution (up to
+the small tilt E2E's rejections put on N). Targets longer than max_target_length are
+rejected inside the generator (E2E: no limit; the length's p99 is 107, max seen 127).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from sr_jax import generator, tokens
+
+NUM_POINT_TOKENS = 3 * (10 + 1)  # x padded to 10 dims, then y; 3 tokens per float
+_BUCKET_STREAM = 2  # third seed word of the per-step bucket RNG (1 is test samples)
+_MAX_STEPS = 2 ** 62
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Batching knobs; the distribution itself is `generator`."""
+
+  generator: generator.GeneratorConfig = generator.GeneratorConfig()
+  seed: int = 0
+  points_per_batch: int = 10_000  # E2E tokens_per_batch: padded points per batch
+  point_buckets: tuple[int, ...] = (50, 100, 150, 200)
+  max_target_length: int = 126  # tokens without BOS/EOS; longer targets are resampled
+  row_multiple: int = 8  # rows per batch are a multiple of this (devices x processes)
+  num_workers: int = 0  # grain multiprocessing workers (0: in this process)
+  per_worker_buffer_size: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  rows: tuple[int, ...]
+  ranges: tuple[tuple[int, int], ...]  # N range of each bucket, inclusive
+  bucket_cdf: tuple[float, ...]
+
+
+@functools.lru_cache(maxsize=16)
+def layout(config: DataConfig) -> _Layout:
+  """Rows, N ranges and step probabilities of each bucket."""
+  gen = config.generator
+  if config.point_buckets[-1] < gen.max_points:
+    raise ValueError(f"largest point bucket {config.point_buckets[-1]} < max_points "
+                     f"{gen.max_points}")
+  rows, ranges, weights = [], [], []
+  low = 1
+  for size in config.point_buckets:
+    row_count = config.points_per_batch // size // config.row_multiple * config.row_multiple
+    if row_count <= 0:
+      raise ValueError(f"points_per_batch {config.points_per_batch} is too small for "
+                       f"bucket {size} with row_multiple {config.row_multiple}")
+    rows.append(row_count)
+    ranges.append((low, size))
+    weights.append(_probability_in_range(gen, low, size) / row_count)
+    low = size + 1
+  weights = np.array(weights)
+  return _Layout(tuple(rows), tuple(ranges), tuple(np.cumsum(weights / weights.sum()).tolist()))
+
+
+def _probability_in_range(gen: generator.GeneratorConfig, low: int, high: int) -> float:
+  """P(N in [low, high]) under D ~ U{min..max}, N | D ~ U{5D..max_points}."""
+  dims = range(gen.min_input_dimension, gen.max_input_dimension + 1)
+  total = 0.0
+  for dim in dims:
+    n_low = min(gen.min_points_per_dim * dim, gen.max_points)
+    overlap = min(high, gen.max_points) - max(low, n_low) + 1
+    total += max(0, overlap) / (gen.max_points - n_low + 1)
+  return total / len(dims)
+
+
+def bucket_of_step(config: DataConfig, step: int) -> int:
+  """The point bucket of global step `step`: a pure function of (seed, step)."""
+  cdf = layout(config).bucket_cdf
+  u = np.random.default_rng([config.seed, step, _BUCKET_STREAM]).random()
+  return min(bisect.bisect_right(cdf, u), len(cdf) - 1)
+
+
+def tokenize_points(samples, num_points: int) -> np.ndarray:
+  """Samples -> B x num_points x 33 encoder ids: x, INPUT_PAD x 3 per missing
+  dimension, then y; missing points are PAD. One float-encoding call per batch."""
+  ids = np.full((len(samples), num_points, NUM_POINT_TOKENS), tokens.ENCODER_VOCAB.pad_id,
+                dtype=np.int32)
+  float_ids = tokens.encode_floats(np.concatenate(
+      [np.concatenate([s.x, s.y[:, None]], axis=1).ravel() for s in samples]))
+  start = 0
+  for row, s in enumerate(samples):
+    n, dim = s.x.shape
+    values = float_ids[start:start + n * (dim + 1)].reshape(n, dim + 1, 3)
+    start += n * (dim + 1)
+    ids[row, :n, :3 * dim] = values[:, :dim].reshape(n, 3 * dim)
+    ids[row, :n, 3 * dim:-3] = tokens.ENCODER_VOCAB.ids[tokens.INPUT_PAD]
+    ids[row, :n, -3:] = values[:, dim]
+  return ids
+
+
+def tokenize_targets(prefixes, length: int) -> np.ndarray:
+  """Prefixes -> B x length decoder ids, BOS ... EOS then PAD, as
+  tokens.encode_expression writes them, with one float-encoding call per batch."""
+  vocab = tokens.DECODER_VOCAB
+  constants = [t for prefix in prefixes for t in prefix if not isinstance(t, str)]
+  float_ids = iter(tokens.encode_floats(np.array(constants, dtype=np.float64),
+                                        vocab).tolist())
+  ids = np.full((len(prefixes), length), vocab.pad_id, dtype=np.int32)
+  for row, prefix in enumerate(prefixes):
+    words = [vocab.ids[tokens.BOS]]
+    for token in prefix:
+      if isinstance(token, str):
+        words.append(vocab.ids[token])
+      else:
+        words.extend(next(float_ids))
+    words.append(vocab.ids[tokens.EOS])
+    ids[row, :len(words)] = words
+  return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class HostBatch:
+  """step -> this process's slice of the global batch (a dict of numpy arrays)."""
+
+  config: DataConfig
+  process_index: int = 0
+  process_count: int = 1
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    config = self.config
+    plan = layout(config)
+    bucket = bucket_of_step(config, step)
+    global_rows = plan.rows[bucket]
+    if global_rows % self.process_count:
+      raise ValueError(f"{global_rows} rows do not split over {self.process_count} processes")
+    rows = global_rows // self.process_count
+    num_points = config.point_buckets[bucket]
+    target_len = config.max_target_length + 2
+    gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
+    first_row = self.process_index * rows
+    indices = [step * max(plan.rows) + first_row + row for row in range(rows)]
+    samples = [generator.generate(gen, config.seed, index,
+                                  num_points_range=plan.ranges[bucket])
+               for index in indices]
+    points = np.array([s.num_points for s in samples])
+    target_lengths = np.array([s.target_length + 2 for s in samples])
+    batch = {
+        "points_BxNx33": tokenize_points(samples, num_points),
+        "point_mask_BxN": np.arange(num_points) < points[:, None],
+        "targets_BxL": tokenize_targets([s.prefix for s in samples], target_len),
+        "target_mask_BxL": np.arange(target_len) < target_lengths[:, None],
+        "example_mask_B": np.ones((rows,), dtype=bool),
+        "index_B": np.array(indices, dtype=np.int64),
+    }
+    for name in ("input_dimension", "num_points", "num_unary_ops", "num_binary_ops",
+                 "num_constants", "num_rejections"):
+      batch[name + "_B"] = np.array([getattr(s, name) for s in samples], dtype=np.int64)
+    return batch
+
+
+def make_dataset(config: DataConfig, start_step: int = 0, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+  """Host batches for steps start_step, start_step + 1, ... (this process's rows).
+
+  process_index/count default to JAX's. With num_workers > 0, batches are built in
+  grain worker processes (absl flags are marked parsed if nobody parsed them).
+  """
+  if process_index is None or process_count is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  # One reader thread: generation holds the GIL, and grain's default (16 threads,
+  # 500 batches read ahead) would burn CPU on batches far beyond the next step.
+  read_options = grain.ReadOptions(num_threads=1,
+                                   prefetch_buffer_size=config.per_worker_buffer_size)
+  dataset = grain.MapDataset.range(start_step, _MAX_STEPS).map(
+      HostBatch(config, process_index, process_count)).to_iter_dataset(read_options)
+  if config.num_workers:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.num_workers,
+        per_worker_buffer_size=config.per_worker_buffer_size))
+  return dataset
+
+
+def make_iterator(config: DataConfig, start_step: int = 0, state: dict | None = None,
+                  **process) -> grain.DatasetIterator:
+  """An iterator with get_state/set_state; `state` resumes one saved from the same
+  (config, start_step), exactly."""
+  iterator = iter(make_dataset(config, start_step, **process))
+  if state is not None:
+    iterator.set_state(state)
+  return iterator

@@ -1,0 +1,63 @@
+"""Analytic training FLOPs of the encoder-decoder, device peak FLOP/s, and MFU.
+
+Training costs 3x the forward pass (forward, gradient w.r.t. activations, gradient
+w.r.t. weights); a forward matmul costs 2 FLOPs per multiply-add. Only matmuls are
+counted: biases, LayerNorm, softmax and embedding gathers are a few percent at most
+(tests/flops_test.py checks the formula against XLA's cost analysis within 20%).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from sr_jax.model import ModelConfig
+
+# Dense peak FLOP/s per device by compute dtype. Sources: vendor data sheets, as in levanter's
+# flop_utils.py. float32 entries are what JAX's *default* matmul precision reaches: TF32 on
+# Hopper (pure-FP32 CUDA cores peak at 67 TFLOP/s), bf16 passes on TPU (same as bf16).
+# H200 has H100's compute (more, faster memory). CPU: this project's 2-core AMD EPYC Zen 3
+# machine, numpy float32 2048^2 matmul measured 159 GFLOP/s (spec/measured.md); bf16 matmuls
+# are slower there, so the float32 figure is the ceiling for both.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "h100": {"bfloat16": 989.5e12, "float32": 494.7e12},
+    "h200": {"bfloat16": 989.5e12, "float32": 494.7e12},
+    "tpu v4": {"bfloat16": 275e12, "float32": 275e12},
+    "tpu v5 lite": {"bfloat16": 197e12, "float32": 197e12},  # v5e
+    "tpu v5": {"bfloat16": 459e12, "float32": 459e12},  # v5p
+    "tpu v6 lite": {"bfloat16": 918e12, "float32": 918e12},  # v6e
+    "cpu": {"bfloat16": 159e9, "float32": 159e9},
+}
+
+
+def train_flops_per_example(cfg: ModelConfig, num_points: int, target_len: int) -> float:
+  """Matmul FLOPs of one forward+backward pass for one (points, target) example."""
+  N, L, D, M = num_points, target_len, cfg.d_model, cfg.mlp_dim
+  flat = cfg.point_tokens * cfg.token_embed_dim
+  # Multiply-adds per example, by where the weights are applied.
+  embedder = N * (flat * flat + flat * D)
+  encoder = cfg.num_encoder_layers * (N * (4 * D * D + 2 * D * M) + 2 * N * N * D)
+  decoder = cfg.num_decoder_layers * (
+      L * (4 * D * D + 2 * D * D + 2 * D * M)  # self-attention q/k/v/o, cross q/o, MLP
+      + N * 2 * D * D  # cross-attention k/v over the encoder output
+      + 2 * L * L * D + 2 * L * N * D)  # scores and weighted values, self and cross
+  output = L * D * cfg.decoder_vocab_size
+  return 3 * 2 * float(embedder + encoder + decoder + output)
+
+
+def device_peak_flops(device: jax.Device | str, dtype: str = "bfloat16") -> float | None:
+  """Peak FLOP/s of one device, from its device_kind; None when the kind is not in PEAK_FLOPS,
+  so that callers report MFU as unknown rather than a made-up number."""
+  kind = (device if isinstance(device, str) else device.device_kind).lower()
+  # Longest key first, so 'tpu v5 lite' wins over 'tpu v5'.
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      return PEAK_FLOPS[key][str(jax.numpy.dtype(dtype))]
+  return None
+
+
+def mfu(flops_per_step: float, step_seconds: float, num_devices: int,
+        peak: float | None) -> float:
+  """Model FLOPs utilisation: achieved over peak FLOP/s of all devices; NaN for unknown peak."""
+  if peak is None:
+    return float("nan")
+  return flops_per_step / (step_seconds * num_devices * peak)

@@ -1,0 +1,290 @@
+"""Training: state, one jitted step with explicit shardings, and the loop.
+
+The state is the pure pytree of an NNX model and its optimizer, (graphdef, state) =
+nnx.split((model, optimizer)); the step merges, updates and returns the new state,
+which is donated, so nothing relies on in-place mutation under jax.jit. Parameters
+and optimizer moments are sharded by the model's logical axis names and the rules in
+the config; batches are sharded on their leading axis over ('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from sr_jax import checkpoint, data, flops, generator, model as model_lib, monitor
+from sr_jax import optim, sharding
+
+BATCH_KEYS = ("points_BxNx33", "point_mask_BxN", "targets_BxL", "target_mask_BxL",
+              "example_mask_B")
+
+
+# The in-domain validation stream: the training stream's seed plus this.
+VALIDATION_SEED_OFFSET = 1_000_003
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  seed: int = 0
+  num_steps: int = 150_000  # E2E: ~50 epochs of 3,000 steps
+  grad_accum_steps: int = 1
+  log_every: int = 50
+  eval_every: int = 1_000
+  eval_batches: int = 4
+  checkpoint_every: int = 1_000
+  keep_checkpoints: int = 3
+  async_checkpoints: bool = True
+  tensorboard: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The typed view of a run's ConfigDict: nothing below this file reads the dict."""
+
+  model: model_lib.ModelConfig
+  data: data.DataConfig  # holds the generator's config too
+  optim: optim.OptimConfig
+  mesh: sharding.MeshConfig
+  train: TrainConfig
+  rules: tuple
+
+  @classmethod
+  def from_config_dict(cls, config: ml_collections.ConfigDict) -> "RunConfig":
+    model_overrides = {k: v for k, v in config.model.items() if k != "size"}
+    return cls(
+        model=model_lib.model_config(config.model.size, **model_overrides),
+        data=data.DataConfig(
+            generator=generator.GeneratorConfig(**_tuples(config.generator.to_dict())),
+            seed=config.train.seed, **_tuples(config.data.to_dict())),
+        optim=optim.OptimConfig(**config.optim),
+        mesh=sharding.MeshConfig(**config.mesh),
+        train=TrainConfig(**config.train),
+        rules=tuple((name, tuple(axes) if isinstance(axes, list) else axes)
+                    for name, axes in config.rules))
+
+
+def _tuples(d: dict) -> dict:
+  """ConfigDict turns tuples into lists on some paths; frozen dataclasses want tuples."""
+  def fix(v):
+    return tuple(fix(x) for x in v) if isinstance(v, (list, tuple)) else v
+  return {k: fix(v) for k, v in d.items()}
+
+
+# ---------------------------------------------------------------------------------
+# state and step
+
+
+def create_state(cfg: RunConfig, mesh):
+  """Builds model and optimizer directly sharded (inside jit); returns
+  (graphdef, state, state_shardings)."""
+  tx = optim.make_optimizer(cfg.optim)
+
+  def create():
+    model = model_lib.Transformer(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    state = nnx.state((model, optimizer))
+    state = jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state))
+    nnx.update((model, optimizer), state)
+    return model, optimizer
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(cfg.rules):
+    model, optimizer = jax.jit(create)()
+  graphdef, state = nnx.split((model, optimizer))
+  return graphdef, state, jax.tree.map(lambda a: a.sharding, state)
+
+
+def _token_loss(model, batch):
+  """Summed cross-entropy over real target tokens, their count, and correct ones."""
+  targets_BxL = batch["targets_BxL"]
+  logits_BxLxV = model(batch["points_BxNx33"], batch["point_mask_BxN"],
+                       targets_BxL[:, :-1])
+  labels_BxL = targets_BxL[:, 1:]
+  mask_BxL = batch["target_mask_BxL"][:, 1:] & batch["example_mask_B"][:, None]
+  losses = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxLxV.astype(jnp.float32), labels_BxL)
+  correct = (jnp.argmax(logits_BxLxV, -1) == labels_BxL) & mask_BxL
+  weights = mask_BxL.astype(jnp.float32)
+  return jnp.sum(losses * weights), (jnp.sum(weights), jnp.sum(correct))
+
+
+def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
+  """One optimizer step; with grad_accum_steps > 1 the batch is split into that many
+  micro-batches whose gradients are summed in a lax.scan before a single update."""
+  model, optimizer = nnx.merge(graphdef, state)
+  model_graphdef, params, others = nnx.split(model, nnx.Param, ...)
+
+  def loss_of(params, micro_batch):  # pure in params, so it may run inside a scan
+    return _token_loss(nnx.merge(model_graphdef, params, others), micro_batch)
+
+  def grads_of(micro_batch):
+    (loss_sum, (count, correct)), grads = jax.value_and_grad(
+        loss_of, has_aux=True)(params, micro_batch)
+    return grads, jnp.stack([loss_sum, count, correct.astype(jnp.float32)])
+
+  if grad_accum_steps == 1:
+    grads, sums = grads_of(batch)
+  else:
+    micro = jax.tree.map(
+        lambda a: a.reshape(grad_accum_steps, a.shape[0] // grad_accum_steps,
+                            *a.shape[1:]), batch)
+
+    def accumulate(carry, micro_batch):
+      grads, sums = grads_of(micro_batch)
+      return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (params, jnp.zeros(3)))
+    (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+  count = jnp.maximum(sums[1], 1.0)
+  grads = jax.tree.map(lambda g: g / count, grads)  # mean over tokens, as E2E
+  step = optimizer.step[...]
+  optimizer.update(model, grads)
+  metrics = {
+      "loss": sums[0] / count,
+      "token_accuracy": sums[2] / count,
+      "target_tokens": sums[1],
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+      "learning_rate": lr_schedule(step),
+  }
+  return nnx.state((model, optimizer)), metrics
+
+
+def eval_step(graphdef, state, batch):
+  model, _ = nnx.merge(graphdef, state)
+  loss_sum, (count, correct) = _token_loss(model, batch)
+  return jnp.stack([loss_sum, count, correct.astype(jnp.float32)])
+
+
+def compile_steps(cfg: RunConfig, graphdef, state_shardings, mesh):
+  """The jitted train and eval steps with explicit in/out shardings."""
+  batch_shardings = {k: sharding.batch_sharding(mesh, cfg.rules, ndim)
+                     for k, ndim in zip(BATCH_KEYS, (3, 2, 2, 2, 1))}
+  step_fn = functools.partial(train_step, graphdef,
+                              optim.learning_rate_schedule(cfg.optim),
+                              cfg.train.grad_accum_steps)
+  train = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                  out_shardings=(state_shardings, None), donate_argnums=0)
+  evaluate = jax.jit(functools.partial(eval_step, graphdef),
+                     in_shardings=(state_shardings, batch_shardings))
+  return train, evaluate, batch_shardings
+
+
+def to_global(batch: dict[str, np.ndarray], batch_shardings) -> dict[str, jax.Array]:
+  """This process's rows of the batch -> one global array per key."""
+  return {k: jax.make_array_from_process_local_data(batch_shardings[k], batch[k])
+          for k in BATCH_KEYS}
+
+
+# ---------------------------------------------------------------------------------
+# the loop
+
+
+def _flops_per_batch(cfg: RunConfig, batch: dict[str, np.ndarray]) -> float:
+  examples = float(np.sum(batch["example_mask_B"]))
+  return examples * flops.train_flops_per_example(
+      cfg.model, batch["points_BxNx33"].shape[1], batch["targets_BxL"].shape[1] - 1)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains (resuming from workdir's newest checkpoint if there is one), logs, evaluates
+  and checkpoints. Returns the last logged metrics."""
+  cfg = RunConfig.from_config_dict(config)
+  mesh = sharding.make_mesh(cfg.mesh)
+  logging.info("devices: %d (%s), processes: %d, mesh: %s", jax.device_count(),
+               jax.devices()[0].device_kind, jax.process_count(), dict(mesh.shape))
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  graphdef, state, state_shardings = create_state(cfg, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(nnx.state(
+      nnx.merge(graphdef, state)[0], nnx.Param)))
+  logging.info("parameters: %.2fM", num_params / 1e6)
+  train, evaluate, batch_shardings = compile_steps(cfg, graphdef, state_shardings, mesh)
+
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         cfg.train.checkpoint_every,
+                                         cfg.train.keep_checkpoints,
+                                         cfg.train.async_checkpoints)
+  start_step = 0
+  if checkpointer.latest_step() is not None:
+    start_step, state, extra = checkpointer.restore(checkpoint.abstract_like(state))
+    logging.info("resumed from step %d (data position %s)", start_step, extra)
+
+  batches = data.make_iterator(cfg.data, start_step)
+  writer = monitor.MetricWriter(workdir, cfg.train.tensorboard)
+  progress = monitor.Progress(cfg.train.num_steps)
+  peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
+  last_metrics: dict[str, float] = {}
+  pending = None  # (step, metrics, examples, tokens, flops): fetched one step late
+  window_start, window = time.time(), [0.0, 0.0, 0.0]
+  with jax.set_mesh(mesh):
+    for step in range(start_step, cfg.train.num_steps):
+      host_batch = next(batches)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train(state, to_global(host_batch, batch_shardings))
+      if pending is not None:
+        last_metrics = _log(pending, writer, progress, cfg, window, window_start, peak)
+        if last_metrics:
+          window_start, window = time.time(), [0.0, 0.0, 0.0]
+      window[0] += float(np.sum(host_batch["example_mask_B"]))
+      window[1] += float(np.sum(host_batch["target_mask_BxL"]))
+      window[2] += _flops_per_batch(cfg, host_batch)
+      pending = (step + 1, metrics)
+      done = step + 1
+      if done % cfg.train.eval_every == 0 or done == cfg.train.num_steps:
+        eval_metrics = run_validation(cfg, evaluate, state, batch_shardings)
+        writer.write(done, eval_metrics)
+        last_metrics.update(eval_metrics)
+      checkpointer.save(done, state, {"step": done, "seed": cfg.train.seed},
+                        force=done == cfg.train.num_steps)
+    if pending is not None:
+      last_metrics.update(_log(pending, writer, progress, cfg, window, window_start,
+                               peak, force=True))
+  progress.close()
+  checkpointer.close()
+  writer.close()
+  return last_metrics
+
+
+def _log(pending, writer, progress, cfg, window, window_start, peak, force=False):
+  step, metrics = pending
+  if not force and step % cfg.train.log_every:
+    return {}
+  values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(values["loss"]):
+    raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping")
+  seconds = max(time.time() - window_start, 1e-9)
+  values["examples_per_sec"] = window[0] / seconds
+  values["tokens_per_sec"] = window[1] / seconds
+  values["tflops_per_device"] = window[2] / seconds / jax.device_count() / 1e12
+  values["mfu"] = flops.mfu(window[2], seconds, jax.device_count(), peak)
+  writer.write(step, values)
+  progress.update(step, f"loss {values['loss']:.3f} acc {values['token_accuracy']:.3f} "
+                        f"{values['examples_per_sec']:.0f} ex/s mfu {values['mfu']:.1%}")
+  return values
+
+
+def run_validation(cfg: RunConfig, evaluate, state, batch_shardings) -> dict[str, float]:
+  """Token loss and accuracy on a fixed, seeded in-domain set (same every time)."""
+  validation = dataclasses.replace(cfg.data, seed=cfg.data.seed + VALIDATION_SEED_OFFSET,
+                                   num_workers=0)
+  batches = data.make_iterator(validation)
+  sums = np.zeros(3)
+  for _ in range(cfg.train.eval_batches):
+    sums += np.asarray(evaluate(state, to_global(next(batches), batch_shardings)))
+  count = max(sums[1], 1.0)
+  return {"valid_loss": sums[0] / count, "valid_token_accuracy": sums[2] / count}

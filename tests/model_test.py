@@ -1,0 +1,128 @@
+"""Model tests on the 'debug' size: shapes/dtypes, causality, point-permutation invariance,
+padding invariance, cached decoding, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sr_jax.model import SIZES, ModelConfig, Transformer, count_params, model_config
+
+B, N, L = 2, 6, 8
+# Behaviour tests use small vocabularies: same code paths, less compile and run time.
+SMALL_VOCAB = dict(encoder_vocab_size=64, decoder_vocab_size=64)
+
+
+def _batch(cfg: ModelConfig, seed=0):
+  rng = np.random.default_rng(seed)
+  points_BxNxT = rng.integers(1, cfg.encoder_vocab_size, (B, N, cfg.point_tokens), dtype=np.int32)
+  mask_BxN = np.ones((B, N), bool)
+  mask_BxN[1, -2:] = False
+  targets_BxL = rng.integers(1, cfg.decoder_vocab_size, (B, L), dtype=np.int32)
+  return jnp.asarray(points_BxNxT), jnp.asarray(mask_BxN), jnp.asarray(targets_BxL)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Transformer(model_config("debug", num_decoder_layers=2, **SMALL_VOCAB), rngs=nnx.Rngs(0))
+
+
+_forward = jax.jit(lambda m, p, mask, t: m(p, mask, t))
+_encode = jax.jit(lambda m, p, mask: m.encode(p, mask))
+
+
+def test_cached_decode_equals_full_decode(model):
+  cfg = model.config
+  points, mask, targets = _batch(cfg)
+  enc = _encode(model, points, mask)
+  full_BxLxV = jax.jit(lambda m, t, e, k: m.decode(t, e, k))(model, targets, enc, mask)
+  step = jax.jit(lambda m, *args: m.decode_step(*args))
+  cache = model.init_cache(B, L + 2)
+  for t in range(L):
+    logits_BxV, cache = step(model, targets[:, t:t + 1], cache, enc, mask, jnp.int32(t))
+    np.testing.assert_allclose(logits_BxV, full_BxLxV[:, t], atol=1e-4, rtol=1e-4)
+  assert cache["k_YxBxSxHxK"].shape == (2, B, L + 2, cfg.num_heads, cfg.head_dim)
+  assert not np.any(np.asarray(cache["k_YxBxSxHxK"][:, :, L:]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shapes_and_dtypes(dtype):
+  cfg = model_config("debug", dtype=dtype)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  points, mask, targets = _batch(cfg)
+  logits_BxLxV = _forward(model, points, mask, targets)
+  assert logits_BxLxV.shape == (B, L, cfg.decoder_vocab_size)
+  assert logits_BxLxV.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(logits_BxLxV)))
+  assert _encode(model, points, mask).dtype == jnp.dtype(dtype)
+  assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+
+
+def test_pre_layer_norm_runs():
+  cfg = model_config("debug", pre_layer_norm=True, **SMALL_VOCAB)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  assert bool(jnp.all(jnp.isfinite(_forward(model, *_batch(cfg)))))
+
+
+def test_decoder_is_causal(model):
+  points, mask, targets = _batch(model.config)
+  t = 3
+  changed = targets.at[:, t + 1:].set((targets[:, t + 1:] + 7) % model.config.decoder_vocab_size)
+  a, b = _forward(model, points, mask, targets), _forward(model, points, mask, changed)
+  np.testing.assert_array_equal(a[:, :t + 1], b[:, :t + 1])
+  assert not np.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+def test_decoder_causal_by_gradient(model):
+  """d logits[t] / d (position embedding at s) is zero for every s > t."""
+  points, mask, targets = _batch(model.config)
+  enc = _encode(model, points, mask)
+  t = 2
+
+  grads = jax.jit(jax.grad(lambda m: m.decode(targets, enc, mask)[:, t].sum()))(model)
+  grad_LxD = grads.position_embed[...]
+  assert np.all(np.asarray(grad_LxD[t + 1:L]) == 0)
+  assert np.any(np.asarray(grad_LxD[:t + 1]) != 0)
+
+
+def test_encoder_is_permutation_invariant(model):
+  points, mask, targets = _batch(model.config)
+  perm = np.random.default_rng(1).permutation(N)
+  enc = _encode(model, points, mask)
+  enc_perm = _encode(model, points[:, perm], mask[:, perm])
+  np.testing.assert_allclose(enc_perm, enc[:, perm], atol=1e-5)
+  np.testing.assert_allclose(_forward(model, points[:, perm], mask[:, perm], targets),
+                             _forward(model, points, mask, targets), atol=1e-4)
+
+
+def test_masked_points_do_not_matter(model):
+  points, mask, targets = _batch(model.config)
+  garbage = jnp.asarray(np.random.default_rng(2).integers(
+      1, model.config.encoder_vocab_size, (B, 3, model.config.point_tokens), dtype=np.int32))
+  padded_points = jnp.concatenate([points, garbage], axis=1)
+  padded_mask = jnp.concatenate([mask, jnp.zeros((B, 3), bool)], axis=1)
+  np.testing.assert_allclose(_forward(model, padded_points, padded_mask, targets),
+                             _forward(model, points, mask, targets), atol=1e-4)
+
+
+def test_paper_param_count():
+  """4/16 layers, d 512: reference.md counts 93.45M with 4096 positions and its vocabularies;
+  256 positions (-1.97M) and our vocabularies (-0.03M) give 91.45M."""
+  abstract = nnx.eval_shape(lambda: Transformer(model_config("paper"), rngs=nnx.Rngs(0)))
+  assert count_params(abstract) == pytest.approx(91.45e6, rel=2e-3)
+
+
+@pytest.mark.parametrize("size,millions", [("s3m", 3), ("s20m", 20), ("s90m", 90), ("s300m", 300)])
+def test_scaling_sizes(size, millions):
+  abstract = nnx.eval_shape(lambda: Transformer(model_config(size), rngs=nnx.Rngs(0)))
+  assert 0.85 * millions * 1e6 < count_params(abstract) < 1.15 * millions * 1e6
+
+
+def test_model_config_errors():
+  assert set(SIZES) >= {"debug", "small", "paper"}
+  assert model_config("debug", num_decoder_layers=3).num_decoder_layers == 3
+  with pytest.raises(ValueError):
+    model_config("nope")
+  with pytest.raises(ValueError):
+    model_config("debug", num_heads=3)

@@ -1,0 +1,67 @@
+"""Metric files: JSON lines, and TensorBoard event files read back with protobuf's own
+wire-format decoder (an Event message type built from a descriptor) as the oracle."""
+
+import json
+import os
+import struct
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from sr_jax import monitor
+
+
+def _event_class():
+  """tensorflow.Event / Summary / Summary.Value, declared from their .proto fields."""
+  file = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="t")
+  value = file.message_type.add(name="Value")
+  value.field.add(name="tag", number=1, type=9, label=1)
+  value.field.add(name="simple_value", number=2, type=2, label=1)
+  summary = file.message_type.add(name="Summary")
+  summary.field.add(name="value", number=1, type=11, label=3, type_name=".t.Value")
+  event = file.message_type.add(name="Event")
+  event.field.add(name="wall_time", number=1, type=1, label=1)
+  event.field.add(name="step", number=2, type=3, label=1)
+  event.field.add(name="file_version", number=3, type=9, label=1)
+  event.field.add(name="summary", number=5, type=11, label=1, type_name=".t.Summary")
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(file)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Event"))
+
+
+def _read_records(path):
+  records = []
+  with open(path, "rb") as f:
+    data = f.read()
+  offset = 0
+  while offset < len(data):
+    header = data[offset:offset + 8]
+    (length,) = struct.unpack("<Q", header)
+    assert struct.unpack("<I", data[offset + 8:offset + 12])[0] == monitor._masked_crc(header)
+    payload = data[offset + 12:offset + 12 + length]
+    crc = struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])[0]
+    assert crc == monitor._masked_crc(payload)
+    records.append(payload)
+    offset += 16 + length
+  return records
+
+
+def test_crc32c_check_value():
+  assert monitor.crc32c(b"123456789") == 0xE3069283  # RFC 3720 check value
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+  writer = monitor.MetricWriter(str(tmp_path))
+  writer.write(10, {"loss": 2.5, "lr": 1e-4})
+  writer.write(20, {"loss": float("nan")})
+  writer.close()
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[0] == {"step": 10, "loss": 2.5, "lr": 1e-4}
+  assert lines[1]["loss"] == "nan"
+  (events_file,) = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+  event_class = _event_class()
+  events = [event_class.FromString(r) for r in _read_records(tmp_path / events_file)]
+  assert events[0].file_version == "brain.Event:2"
+  assert events[1].step == 10
+  values = {v.tag: v.simple_value for v in events[1].summary.value}
+  assert values["loss"] == 2.5 and abs(values["lr"] - 1e-4) < 1e-10
+  assert events[2].step == 20
