@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import debug
-from sr_jax import checkpoint, data, sharding, training
+from sr_jax import checkpoint, data, evaluation, sharding, training
 
 
 def _config(**train):
@@ -90,6 +90,12 @@ def test_resume_is_bit_exact_and_restores_onto_another_mesh(tmp_path):
   assert step_a == step_b == 4 and extra["step"] == 4
   for a, b in zip(_params(state_a), _params(state_b)):
     np.testing.assert_array_equal(a, b)
+  # eval.py's path: the restored checkpoint gives the validation numbers training logged.
+  results = evaluation.run(_config(), str(tmp_path / "a"))
+  assert results["step"] == 4
+  assert results["valid_loss"] == pytest.approx(straight["valid_loss"], rel=1e-6)
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
+    evaluation.run(_config(), str(tmp_path / "nothing"))
   lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
   assert {"loss", "token_accuracy", "learning_rate", "examples_per_sec", "tokens_per_sec",
           "mfu", "grad_norm"} <= set(lines[-1])
