@@ -347,15 +347,23 @@ class Transformer(nnx.Module):
     return {"k_YxBxSxHxK": jnp.zeros(shape, self.dtype),
             "v_YxBxSxHxK": jnp.zeros(shape, self.dtype)}
 
+  def precompute_cross_kv(self, enc_BxNxD: jax.Array) -> dict[str, jax.Array]:
+    """Cross-attention K/V of every decoder layer. Merged into the cache (`init_cache(...) |
+    precompute_cross_kv(enc)`), they spare decode_step recomputing them from enc every step."""
+    ks, vs = zip(*(layer.cross_attn.kv(enc_BxNxD, "points") for layer in self.decoder_layers))
+    return {"cross_k_YxBxNxHxK": jnp.stack(ks), "cross_v_YxBxNxHxK": jnp.stack(vs)}
+
   def decode_step(self, tokens_Bx1: jax.Array, cache: dict[str, jax.Array], enc_BxNxD: jax.Array,
                   point_mask_BxN: jax.Array, position: jax.Array) -> tuple[jax.Array, dict]:
     """Logits_BxV for the token at `position` (a scalar, shared by the batch), given the cache
     of the earlier positions; returns the cache with this position written. Cross-attention
-    K/V are recomputed from enc every step, as in flax's wmt example."""
+    K/V come from the cache when it holds precompute_cross_kv's, else are recomputed from enc
+    (as in flax's wmt example)."""
     B, S = cache["k_YxBxSxHxK"].shape[1:3]
     x_Bx1xD = self._embed_targets(tokens_Bx1, jnp.reshape(position, (1,)))
     self_mask_Bx1xS = jnp.broadcast_to(jnp.arange(S) <= position, (B, 1, S))
     cross_Bx1xN = point_mask_BxN[:, None, :]
+    precomputed = "cross_k_YxBxNxHxK" in cache
     ks, vs = [], []
     for i, layer in enumerate(self.decoder_layers):
       def self_kv(h_Bx1xD, a=layer.self_attn, i=i):
@@ -364,7 +372,8 @@ class Transformer(nnx.Module):
         ks.append(jax.lax.dynamic_update_slice(cache["k_YxBxSxHxK"][i], k_Bx1xHxK, at))
         vs.append(jax.lax.dynamic_update_slice(cache["v_YxBxSxHxK"][i], v_Bx1xHxK, at))
         return ks[-1], vs[-1]
-      x_Bx1xD = layer(x_Bx1xD, self_kv, self_mask_Bx1xS,
-                      layer.cross_attn.kv(enc_BxNxD, "points"), cross_Bx1xN)
-    cache = {"k_YxBxSxHxK": jnp.stack(ks), "v_YxBxSxHxK": jnp.stack(vs)}
+      cross_kv = ((cache["cross_k_YxBxNxHxK"][i], cache["cross_v_YxBxNxHxK"][i]) if precomputed
+                  else layer.cross_attn.kv(enc_BxNxD, "points"))
+      x_Bx1xD = layer(x_Bx1xD, self_kv, self_mask_Bx1xS, cross_kv, cross_Bx1xN)
+    cache = {**cache, "k_YxBxSxHxK": jnp.stack(ks), "v_YxBxSxHxK": jnp.stack(vs)}
     return self._logits(x_Bx1xD)[:, 0], cache

@@ -46,6 +46,22 @@ def test_cached_decode_equals_full_decode(model):
   assert not np.any(np.asarray(cache["k_YxBxSxHxK"][:, :, L:]))
 
 
+def test_precomputed_cross_kv_equals_recomputed(model):
+  points, mask, targets = _batch(model.config)
+  enc = _encode(model, points, mask)
+  step = jax.jit(lambda m, *args: m.decode_step(*args))
+  plain = model.init_cache(B, L)
+  precomputed = plain | jax.jit(lambda m, e: m.precompute_cross_kv(e))(model, enc)
+  for t in range(3):
+    logits_BxV, plain = step(model, targets[:, t:t + 1], plain, enc, mask, jnp.int32(t))
+    logits2_BxV, precomputed = step(model, targets[:, t:t + 1], precomputed, enc, mask,
+                                    jnp.int32(t))
+    np.testing.assert_allclose(logits2_BxV, logits_BxV, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(precomputed["k_YxBxSxHxK"], plain["k_YxBxSxHxK"], atol=1e-5)
+  assert precomputed["cross_k_YxBxNxHxK"].shape == (2, B, N, model.config.num_heads,
+                                                    model.config.head_dim)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_shapes_and_dtypes(dtype):
   cfg = model_config("debug", dtype=dtype)

@@ -1,0 +1,271 @@
+"""Candidate generation (reference.md section 5.2): greedy, sampling and beam search.
+
+Each method is one `lax.while_loop` over a `flax.struct.dataclass` state with the model's
+self-attention KV cache (wmt/t5x structure). The encoder runs once; for sampling and beam search
+its output is repeated C times, so the decoder runs batched over (inputs x candidates), flattened
+B-major. `decode` splits the NNX model into (graphdef, state) and calls one `jax.jit` with
+graphdef and the DecodeConfig static: one compile per (model structure, config, input shapes).
+
+Conventions shared by all methods:
+- PAD and BOS are never emitted (masked out before choosing), so every row is BOS, generated
+  tokens, EOS (unless max_len was reached first), then PAD.
+- `log_probs_BxC` is the sum over generated tokens (EOS included) of log softmax(logits) of the
+  model itself: no temperature, no top-k/top-p truncation, no PAD/BOS masking. It is what a
+  teacher-forced forward pass gives, and is comparable across methods.
+- `scores_BxC` = log_probs / (lengths - 1) ** length_penalty, E2E's beam score (lengths - 1
+  generated tokens equals E2E's len(hyp): BOS plus tokens, EOS excluded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from sr_jax import expressions
+from sr_jax.model import Transformer
+from sr_jax.tokens import BOS, DECODER_VOCAB, EOS, decode_expression
+
+PAD_ID = DECODER_VOCAB.pad_id
+BOS_ID = DECODER_VOCAB.ids[BOS]
+EOS_ID = DECODER_VOCAB.ids[EOS]
+METHODS = ("greedy", "sample", "beam")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How to decode. num_candidates: samples per input, or the beam size (1 for greedy).
+  max_len counts BOS and EOS (128, as the training targets) and must fit the model's
+  max_target_len. length_penalty is alpha in score = sum log p / len ** alpha."""
+  method: str = "greedy"
+  num_candidates: int = 1
+  temperature: float = 1.0
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1.0: off
+  length_penalty: float = 1.0
+  max_len: int = 128
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"unknown method {self.method!r}; choose from {METHODS}")
+    if self.num_candidates < 1 or (self.method == "greedy" and self.num_candidates != 1):
+      raise ValueError(f"bad num_candidates {self.num_candidates} for {self.method}")
+    if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f"bad sampling settings {self}")
+    if self.max_len < 2:
+      raise ValueError(f"max_len {self.max_len} leaves no room after BOS")
+
+
+@struct.dataclass
+class DecodeResult:
+  """C candidates per input (greedy: C=1); beam candidates are sorted by score, best first."""
+  tokens_BxCxL: jax.Array
+  lengths_BxC: jax.Array  # non-PAD tokens: BOS through EOS
+  log_probs_BxC: jax.Array
+  scores_BxC: jax.Array
+
+
+@struct.dataclass
+class _SampleState:
+  position: jax.Array  # index of the last token written
+  tokens_BxL: jax.Array
+  done_B: jax.Array
+  log_probs_B: jax.Array
+  cache: dict
+
+
+@struct.dataclass
+class _BeamState:
+  position: jax.Array
+  alive_tokens_BxKxL: jax.Array
+  alive_log_probs_BxK: jax.Array
+  cache: dict  # batch B*K, in the order of the alive beams
+  finished_tokens_BxKxL: jax.Array
+  finished_log_probs_BxK: jax.Array
+  finished_scores_BxK: jax.Array  # -inf for an empty slot
+
+
+def decode(model: Transformer, points_BxNxT: jax.Array, point_mask_BxN: jax.Array,
+           cfg: DecodeConfig, rng: jax.Array | None = None) -> DecodeResult:
+  """Candidates for each input; rng (default: key(cfg.seed)) drives sampling only."""
+  if cfg.max_len > model.config.max_target_len:
+    raise ValueError(f"max_len {cfg.max_len} exceeds max_target_len "
+                     f"{model.config.max_target_len}")
+  graphdef, state = nnx.split(model)
+  rng = jax.random.key(cfg.seed) if rng is None else rng
+  return _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+def _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg: DecodeConfig):
+  model = nnx.merge(graphdef, state)
+  enc_BxNxD = model.encode(points_BxNxT, point_mask_BxN)
+  C = cfg.num_candidates
+  enc_BCxNxD = jnp.repeat(enc_BxNxD, C, axis=0)
+  mask_BCxN = jnp.repeat(point_mask_BxN, C, axis=0)
+  if cfg.method == "beam":
+    tokens_BxCxL, log_probs_BxC = _beam_search(model, enc_BCxNxD, mask_BCxN, cfg)
+  else:
+    tokens_BCxL, log_probs_BC = _sample(model, enc_BCxNxD, mask_BCxN, cfg, rng)
+    B = points_BxNxT.shape[0]
+    tokens_BxCxL = tokens_BCxL.reshape(B, C, cfg.max_len)
+    log_probs_BxC = log_probs_BC.reshape(B, C)
+  lengths_BxC = jnp.sum(tokens_BxCxL != PAD_ID, axis=-1, dtype=jnp.int32)
+  return DecodeResult(tokens_BxCxL, lengths_BxC, log_probs_BxC,
+                      _score(log_probs_BxC, lengths_BxC - 1, cfg.length_penalty))
+
+
+def _score(log_probs, generated, length_penalty):
+  return log_probs / jnp.maximum(generated, 1).astype(jnp.float32) ** length_penalty
+
+
+def _mask_specials(logits_BxV: jax.Array) -> jax.Array:
+  """PAD and BOS are never outputs."""
+  special_V = (jnp.arange(logits_BxV.shape[-1]) == PAD_ID) | (jnp.arange(logits_BxV.shape[-1])
+                                                              == BOS_ID)
+  return jnp.where(special_V, -jnp.inf, logits_BxV)
+
+
+def _truncate(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Top-k, then nucleus (smallest set of tokens whose probability reaches top_p)."""
+  if top_k:
+    kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    keep_B = jnp.sum(jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p, axis=-1)
+    min_kept_Bx1 = jnp.take_along_axis(sorted_BxV, keep_B[:, None] - 1, axis=-1)
+    logits_BxV = jnp.where(logits_BxV < min_kept_Bx1, -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+def _initial_tokens(batch: int, max_len: int) -> jax.Array:
+  return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
+
+
+def _sample(model, enc_BxNxD, mask_BxN, cfg: DecodeConfig, rng):
+  """Greedy (argmax) or ancestral sampling from softmax(logits / temperature)."""
+  B, L = enc_BxNxD.shape[0], cfg.max_len
+
+  def cond(s: _SampleState):
+    return (s.position < L - 1) & ~jnp.all(s.done_B)
+
+  def body(s: _SampleState):
+    token_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens_BxL, s.position, 1, axis=1)
+    logits_BxV, cache = model.decode_step(token_Bx1, s.cache, enc_BxNxD, mask_BxN, s.position)
+    allowed_BxV = _mask_specials(logits_BxV)
+    if cfg.method == "greedy":
+      next_B = jnp.argmax(allowed_BxV, axis=-1)
+    else:
+      allowed_BxV = _truncate(allowed_BxV / cfg.temperature, cfg.top_k, cfg.top_p)
+      next_B = jax.random.categorical(jax.random.fold_in(rng, s.position), allowed_BxV)
+    next_B = jnp.where(s.done_B, PAD_ID, next_B).astype(jnp.int32)
+    log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), next_B[:, None], axis=-1)[:, 0]
+    tokens_BxL = jax.lax.dynamic_update_slice_in_dim(s.tokens_BxL, next_B[:, None],
+                                                     s.position + 1, axis=1)
+    return _SampleState(s.position + 1, tokens_BxL, s.done_B | (next_B == EOS_ID),
+                        s.log_probs_B + jnp.where(s.done_B, 0.0, log_prob_B), cache)
+
+  init = _SampleState(jnp.int32(0), _initial_tokens(B, L), jnp.zeros(B, bool),
+                      jnp.zeros(B, jnp.float32), model.init_cache(B, L))
+  final = jax.lax.while_loop(cond, body, init)
+  return final.tokens_BxL, final.log_probs_B
+
+
+def _beam_search(model, enc_BKxNxD, mask_BKxN, cfg: DecodeConfig):
+  """E2E's (XLM's) beam search with early stopping: each step takes the top 2K expansions of
+  the K alive beams; EOS expansions ranked before the K-th non-EOS one become finished
+  hypotheses, the top K non-EOS ones stay alive. An input is done once it has K finished
+  hypotheses; at max_len, an input's alive beams join its finished ones. Returns the K best
+  finished hypotheses by length-penalized score."""
+  K, L, alpha = cfg.num_candidates, cfg.max_len, cfg.length_penalty
+  B = enc_BKxNxD.shape[0] // K
+
+  def gather_BxK(x_BxMx, idx_BxK):
+    return jnp.take_along_axis(x_BxMx, idx_BxK.reshape(idx_BxK.shape + (1,) * (x_BxMx.ndim - 2)),
+                               axis=1)
+
+  def done(s: _BeamState):
+    return jnp.all(s.finished_scores_BxK > -jnp.inf, axis=1)
+
+  def cond(s: _BeamState):
+    return (s.position < L - 1) & ~jnp.all(done(s))
+
+  def body(s: _BeamState):
+    token_BKx1 = jax.lax.dynamic_slice_in_dim(s.alive_tokens_BxKxL.reshape(B * K, L), s.position,
+                                              1, axis=1)
+    logits_BKxV, cache = model.decode_step(token_BKx1, s.cache, enc_BKxNxD, mask_BKxN, s.position)
+    V = logits_BKxV.shape[-1]
+    log_probs_BxKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV)).reshape(B, K, V)
+    expanded_BxKV = (s.alive_log_probs_BxK[..., None] + log_probs_BxKxV).reshape(B, K * V)
+    top_log_probs_Bx2K, top_idx_Bx2K = jax.lax.top_k(expanded_BxKV, 2 * K)
+    beam_Bx2K, token_Bx2K = top_idx_Bx2K // V, (top_idx_Bx2K % V).astype(jnp.int32)
+    tokens_Bx2KxL = jax.lax.dynamic_update_slice_in_dim(
+        gather_BxK(s.alive_tokens_BxKxL, beam_Bx2K), token_Bx2K[..., None], s.position + 1,
+        axis=2)
+    eos_Bx2K = token_Bx2K == EOS_ID
+    non_eos_before_Bx2K = jnp.cumsum(~eos_Bx2K, axis=1) - ~eos_Bx2K
+    new_finished_Bx2K = eos_Bx2K & (non_eos_before_Bx2K < K) & (top_log_probs_Bx2K > -jnp.inf)
+    new_scores_Bx2K = jnp.where(new_finished_Bx2K,
+                                _score(top_log_probs_Bx2K, s.position + 1, alpha), -jnp.inf)
+    # Alive: the K best non-EOS expansions, with their caches.
+    _, alive_Bx2K_idx_BxK = jax.lax.top_k(jnp.where(eos_Bx2K, -jnp.inf, top_log_probs_Bx2K), K)
+    source_beam_BxK = gather_BxK(beam_Bx2K, alive_Bx2K_idx_BxK)
+    source_BK = (jnp.arange(B)[:, None] * K + source_beam_BxK).reshape(B * K)
+    cache = jax.tree.map(lambda c_YxBKx: jnp.take(c_YxBKx, source_BK, axis=1), cache)
+    finished = _merge_finished(s, tokens_Bx2KxL, top_log_probs_Bx2K, new_scores_Bx2K, K)
+    finished = jax.tree.map(lambda old, new: jnp.where(
+        done(s).reshape((B,) + (1,) * (old.ndim - 1)), old, new), _finished(s), finished)
+    return _BeamState(s.position + 1, gather_BxK(tokens_Bx2KxL, alive_Bx2K_idx_BxK),
+                      gather_BxK(top_log_probs_Bx2K, alive_Bx2K_idx_BxK), cache, *finished)
+
+  alive_log_probs_BxK = jnp.full((B, K), -jnp.inf).at[:, 0].set(0.0)  # K copies of one beam
+  init = _BeamState(jnp.int32(0), _initial_tokens(B * K, L).reshape(B, K, L), alive_log_probs_BxK,
+                    model.init_cache(B * K, L), jnp.zeros((B, K, L), jnp.int32),
+                    jnp.zeros((B, K)), jnp.full((B, K), -jnp.inf))
+  final = jax.lax.while_loop(cond, body, init)
+  # Inputs not done at max_len: their alive beams (no EOS) compete with the finished ones.
+  alive_scores_BxK = jnp.where(done(final)[:, None], -jnp.inf,
+                               _score(final.alive_log_probs_BxK, final.position, alpha))
+  tokens_BxKxL, log_probs_BxK, _ = _merge_finished(
+      final, final.alive_tokens_BxKxL, final.alive_log_probs_BxK, alive_scores_BxK, K)
+  return tokens_BxKxL, log_probs_BxK
+
+
+def _finished(s: _BeamState):
+  return s.finished_tokens_BxKxL, s.finished_log_probs_BxK, s.finished_scores_BxK
+
+
+def _merge_finished(s: _BeamState, tokens_BxMxL, log_probs_BxM, scores_BxM, K):
+  """The K best by score of the finished hypotheses and M new ones (-inf score: not a
+  hypothesis), best first."""
+  scores_BxKM = jnp.concatenate([s.finished_scores_BxK, scores_BxM], axis=1)
+  scores_BxK, idx_BxK = jax.lax.top_k(scores_BxKM, K)
+  tokens_BxKMxL = jnp.concatenate([s.finished_tokens_BxKxL, tokens_BxMxL], axis=1)
+  log_probs_BxKM = jnp.concatenate([s.finished_log_probs_BxK, log_probs_BxM], axis=1)
+  return (jnp.take_along_axis(tokens_BxKMxL, idx_BxK[..., None], axis=1),
+          jnp.take_along_axis(log_probs_BxKM, idx_BxK, axis=1), scores_BxK)
+
+
+def to_prefixes(tokens_BxCxL) -> tuple[list[list[list[expressions.Token] | None]], int]:
+  """Prefix of every candidate, None where it is invalid (no EOS within max_len, or
+  tokens.decode_expression rejects it); also returns how many are invalid, since E2E drops them."""
+  prefixes, invalid = [], 0
+  for candidates_CxL in np.asarray(tokens_BxCxL):
+    row = []
+    for ids_L in candidates_CxL:
+      try:
+        if EOS_ID not in ids_L:
+          raise expressions.ExpressionError("no EOS")
+        row.append(decode_expression(ids_L))
+      except expressions.ExpressionError:
+        row.append(None)
+        invalid += 1
+    prefixes.append(row)
+  return prefixes, invalid

@@ -1,0 +1,181 @@
+"""Decoding tests on a tiny random model: greedy against a no-cache argmax loop, beam(1) and
+near-zero-temperature sampling against greedy, reported log-probs and beam scores against a
+teacher-forced forward pass, EOS/PAD layout, seeds, prefix conversion."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sr_jax import decoding, tokens
+from sr_jax.decoding import BOS_ID, EOS_ID, PAD_ID, DecodeConfig, decode, to_prefixes
+from sr_jax.model import Transformer, model_config
+from sr_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh
+
+B, N, L = 3, 6, 16
+GREEDY = DecodeConfig("greedy", max_len=L)
+SAMPLE = DecodeConfig("sample", num_candidates=4, max_len=L)
+BEAM = DecodeConfig("beam", num_candidates=4, max_len=L, length_penalty=0.7)
+
+
+@pytest.fixture(scope="module")
+def model():
+  """Random weights, with an EOS bias so that candidates end at varied lengths (greedy ends
+  at once for two inputs and never for the third)."""
+  cfg = model_config("debug", num_decoder_layers=2, encoder_vocab_size=64, decoder_vocab_size=64,
+                     max_target_len=32)
+  m = Transformer(cfg, rngs=nnx.Rngs(0))
+  m.output_bias[...] = jnp.zeros(cfg.decoder_vocab_size).at[EOS_ID].set(4.5)
+  return m
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+  rng = np.random.default_rng(0)
+  points_BxNxT = rng.integers(1, model.config.encoder_vocab_size, (B, N, model.config.point_tokens),
+                              dtype=np.int32)
+  mask_BxN = np.ones((B, N), bool)
+  mask_BxN[1, -2:] = False
+  return jnp.asarray(points_BxNxT), jnp.asarray(mask_BxN)
+
+
+@pytest.fixture(scope="module")
+def greedy(model, batch):
+  return decode(model, *batch, GREEDY)
+
+
+def _teacher_forced_log_probs(model, points_BxNxT, mask_BxN, tokens_BxCxL):
+  """Sum of log-probs of every non-PAD token after BOS, from one full forward pass."""
+  Bt, C, Lt = tokens_BxCxL.shape
+  tokens_BCxL = tokens_BxCxL.reshape(Bt * C, Lt)
+  logits_BCxLxV = jax.jit(lambda m, *a: m(*a))(model, jnp.repeat(points_BxNxT, C, axis=0),
+                                               jnp.repeat(mask_BxN, C, axis=0),
+                                               tokens_BCxL[:, :-1])
+  log_probs_BCxL = jnp.take_along_axis(jax.nn.log_softmax(logits_BCxLxV),
+                                       tokens_BCxL[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(tokens_BCxL[:, 1:] != PAD_ID, log_probs_BCxL, 0), -1).reshape(Bt, C)
+
+
+def _check_layout(result, max_len):
+  """BOS, then non-special tokens, then EOS (unless max_len was reached) and only PAD after."""
+  for row, length in zip(np.asarray(result.tokens_BxCxL).reshape(-1, max_len),
+                         np.asarray(result.lengths_BxC).reshape(-1)):
+    assert row[0] == BOS_ID
+    eos = np.flatnonzero(row == EOS_ID)
+    end = eos[0] + 1 if eos.size else max_len
+    assert length == end
+    assert np.all(row[end:] == PAD_ID)
+    assert not np.isin(row[1:end - 1], [PAD_ID, BOS_ID, EOS_ID]).any()
+
+
+def test_greedy_equals_argmax_loop_without_cache(model, batch, greedy):
+  points, mask = batch
+  full = jax.jit(lambda m, p, k, t: m(p, k, t))
+  tokens_BxL = np.full((B, L), PAD_ID, np.int32)
+  tokens_BxL[:, 0] = BOS_ID
+  done_B = np.zeros(B, bool)
+  for t in range(L - 1):
+    logits_BxV = np.array(full(model, points, mask, jnp.asarray(tokens_BxL))[:, t])
+    logits_BxV[:, [PAD_ID, BOS_ID]] = -np.inf
+    tokens_BxL[:, t + 1] = np.where(done_B, PAD_ID, logits_BxV.argmax(-1))
+    done_B |= tokens_BxL[:, t + 1] == EOS_ID
+  np.testing.assert_array_equal(greedy.tokens_BxCxL[:, 0], tokens_BxL)
+  assert greedy.tokens_BxCxL.shape == (B, 1, L) and greedy.tokens_BxCxL.dtype == jnp.int32
+
+
+@pytest.mark.parametrize("cfg", [GREEDY, SAMPLE, BEAM], ids=lambda c: c.method)
+def test_log_probs_equal_teacher_forcing(model, batch, cfg):
+  """The cached loop's log-probs equal a full forward pass over the decoded tokens."""
+  result = decode(model, *batch, cfg)
+  _check_layout(result, L)
+  np.testing.assert_allclose(result.log_probs_BxC,
+                             _teacher_forced_log_probs(model, *batch, result.tokens_BxCxL),
+                             rtol=1e-4, atol=1e-4)
+  generated_BxC = np.asarray(result.lengths_BxC) - 1
+  np.testing.assert_allclose(result.scores_BxC,
+                             result.log_probs_BxC / generated_BxC ** cfg.length_penalty, rtol=1e-5)
+
+
+def test_beam_one_equals_greedy(model, batch, greedy):
+  beam = decode(model, *batch, dataclasses.replace(BEAM, num_candidates=1))
+  np.testing.assert_array_equal(beam.tokens_BxCxL, greedy.tokens_BxCxL)
+  np.testing.assert_allclose(beam.log_probs_BxC, greedy.log_probs_BxC, rtol=1e-5)
+
+
+def test_beam_is_sorted_distinct_and_ends(model, batch):
+  beam = decode(model, *batch, BEAM)
+  scores_BxK = np.asarray(beam.scores_BxC)
+  assert np.all(np.diff(scores_BxK, axis=1) <= 0)
+  assert np.all(np.isfinite(scores_BxK))
+  for candidates_KxL in np.asarray(beam.tokens_BxCxL):
+    assert len({tuple(c) for c in candidates_KxL}) == BEAM.num_candidates
+  assert np.any(np.asarray(beam.lengths_BxC) < L)  # some hypotheses finished with EOS
+
+
+@pytest.mark.parametrize("cfg", [
+    dataclasses.replace(SAMPLE, temperature=1e-6),
+    dataclasses.replace(SAMPLE, top_k=1),
+    dataclasses.replace(SAMPLE, top_p=1e-6),
+], ids=["temperature", "top_k", "top_p"])
+def test_sampling_limits_equal_greedy(model, batch, greedy, cfg):
+  sampled = decode(model, *batch, cfg)
+  np.testing.assert_array_equal(
+      sampled.tokens_BxCxL, jnp.repeat(greedy.tokens_BxCxL, cfg.num_candidates, axis=1))
+
+
+def test_sampling_seeds(model, batch):
+  a = decode(model, *batch, SAMPLE)
+  np.testing.assert_array_equal(a.tokens_BxCxL, decode(model, *batch, SAMPLE).tokens_BxCxL)
+  np.testing.assert_array_equal(
+      a.tokens_BxCxL, decode(model, *batch, SAMPLE, jax.random.key(SAMPLE.seed)).tokens_BxCxL)
+  b = decode(model, *batch, dataclasses.replace(SAMPLE, seed=1))
+  assert not np.array_equal(a.tokens_BxCxL, b.tokens_BxCxL)
+  # Candidates of one input differ from each other.
+  assert len({tuple(c) for c in np.asarray(a.tokens_BxCxL).reshape(-1, L)}) > B
+
+
+def test_truncate_keeps_top_k_and_nucleus():
+  logits_1xV = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  kept = lambda k, p: np.isfinite(np.asarray(decoding._truncate(logits_1xV, k, p)))[0].tolist()
+  assert kept(2, 1.0) == [True, True, False, False]
+  assert kept(0, 0.5) == [True, False, False, False]
+  assert kept(0, 0.8) == [True, True, False, False]
+  assert kept(0, 0.81) == [True, True, True, False]
+  assert kept(1, 0.9) == [True, False, False, False]
+
+
+def test_decode_under_mesh_matches_single_device(model, batch, greedy):
+  mesh = make_mesh(MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2])
+  points = jnp.concatenate([batch[0], batch[0][:1]])  # batch 4: divisible by the data axis
+  mask = jnp.concatenate([batch[1], batch[1][:1]])
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(DEFAULT_RULES):
+    data = [jax.device_put(a, batch_sharding(mesh, DEFAULT_RULES, a.ndim)) for a in (points, mask)]
+    sharded = decode(model, *data, GREEDY)
+  np.testing.assert_array_equal(sharded.tokens_BxCxL[:B], greedy.tokens_BxCxL)
+
+
+def test_to_prefixes_marks_invalid():
+  good = tokens.encode_expression(["add", "x_0", "sin", "x_1"])
+  tokens_BxCxL = np.full((2, 2, 12), PAD_ID, np.int32)
+  tokens_BxCxL[0, 0, :len(good)] = good
+  tokens_BxCxL[0, 1, :4] = [BOS_ID, tokens.DECODER_VOCAB.ids["add"], tokens.DECODER_VOCAB.ids["x_0"],
+                            EOS_ID]  # add with one operand
+  tokens_BxCxL[1, 0, :len(good) - 1] = good[:-1]  # no EOS: cut at max_len
+  tokens_BxCxL[1, 1, :len(good)] = good
+  prefixes, invalid = to_prefixes(tokens_BxCxL)
+  assert prefixes == [[["add", "x_0", "sin", "x_1"], None], [None, ["add", "x_0", "sin", "x_1"]]]
+  assert invalid == 2
+
+
+def test_config_errors(model, batch):
+  with pytest.raises(ValueError):
+    DecodeConfig("nucleus")
+  with pytest.raises(ValueError):
+    DecodeConfig("greedy", num_candidates=2)
+  with pytest.raises(ValueError):
+    DecodeConfig("sample", temperature=0.0)
+  with pytest.raises(ValueError):
+    decode(model, *batch, DecodeConfig(max_len=model.config.max_target_len + 1))

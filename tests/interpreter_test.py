@@ -1,0 +1,146 @@
+"""The JAX interpreter against the numpy evaluator, sympy and finite differences."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sympy
+
+from sr_jax import compiler
+from sr_jax import expressions
+from sr_jax import interpreter
+
+sys.path.insert(0, os.path.dirname(__file__))
+from random_trees import random_prefix  # noqa: E402
+
+
+def _random_batch(seed, count=200, num_points=40):
+  rng = np.random.default_rng(seed)
+  prefixes = [random_prefix(rng) for _ in range(count)]
+  x_BxNxD = rng.normal(size=(count, num_points, 3)) * 2
+  return prefixes, x_BxNxD
+
+
+def _well_conditioned(prefix, x_NxD, relative, tolerance):
+  """Points whose float64 value moves by < tolerance (relative) when x and the
+  constants move by `relative` (a few ulps): there rounding cannot explain a
+  mismatch."""
+  reference = expressions.evaluate(prefix, x_NxD)
+  rng = np.random.default_rng(0)
+  keep = np.isfinite(reference) & (np.abs(reference) < 1e30)
+  for draw in range(8):  # x alone or constants alone, so that x/c cannot cancel
+    size = lambda v: relative * (draw % 2 == (not np.ndim(v))) * rng.uniform(1, 2)
+    scale = lambda v: v * (1 + size(v) * rng.choice([-1, 1], size=np.shape(v)))
+    moved = [t if isinstance(t, str) else float(scale(t)) for t in prefix]
+    other = expressions.evaluate(moved, scale(x_NxD))
+    with np.errstate(all="ignore"):
+      keep &= np.abs(other - reference) <= tolerance * np.abs(reference) + 1e-30
+  return keep
+
+
+def _check_against_numpy(rtol, relative):
+  """rtol on points stable to `relative` input noise within rtol / 10."""
+  prefixes, x_BxNxD = _random_batch(seed=1)
+  y_BxN = interpreter.evaluate(prefixes, x_BxNxD)
+  kept = 0
+  for prefix, x_NxD, y_N in zip(prefixes, x_BxNxD, y_BxN):
+    reference = expressions.evaluate(prefix, x_NxD)
+    keep = _well_conditioned(prefix, x_NxD, relative, rtol / 10)
+    kept += keep.sum()
+    np.testing.assert_allclose(y_N[keep], reference[keep], rtol=rtol, atol=1e-30,
+                               err_msg=expressions.to_infix(prefix))
+    if y_N.dtype == np.float64:  # IEEE specials match exactly in float64
+      np.testing.assert_array_equal(np.isnan(y_N), np.isnan(reference))
+      both = ~np.isfinite(reference) & ~np.isnan(reference)
+      np.testing.assert_array_equal(y_N[both], reference[both])
+  assert kept > 0.4 * x_BxNxD.shape[0] * x_BxNxD.shape[1]  # not vacuous
+
+
+def test_float32_matches_numpy_on_well_conditioned_points():
+  _check_against_numpy(rtol=1e-5, relative=2.4e-7)
+
+
+def test_float64_matches_numpy_including_nan_and_inf():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_ENABLE_X64="1",
+             PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+  done = subprocess.run([sys.executable, __file__], env=env, capture_output=True,
+                        text=True, cwd=root)
+  assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ieee_specials():
+  x = np.array([[[0.0], [-1.0], [1000.0]]])
+  cases = {("log", "x_0"): [-np.inf, np.nan, np.log(1000.0)],
+           ("sqrt", "x_0"): [0.0, np.nan, np.sqrt(1000.0)],
+           ("inv", "x_0"): [np.inf, -1.0, 1e-3],
+           ("exp", "x_0"): [1.0, np.exp(-1.0), np.inf]}
+  for prefix, expected in cases.items():
+    np.testing.assert_allclose(interpreter.evaluate([list(prefix)], x)[0], expected,
+                               rtol=1e-6)
+
+
+def test_matches_sympy():
+  prefixes, x_BxNxD = _random_batch(seed=2, count=30, num_points=10)
+  y_BxN = interpreter.evaluate(prefixes, x_BxNxD)
+  symbols = expressions.default_symbols(3)
+  for prefix, x_NxD, y_N in zip(prefixes, x_BxNxD, y_BxN):
+    fn = sympy.lambdify(symbols, expressions.to_sympy(prefix, symbols, evaluate=False),
+                        "numpy")
+    with np.errstate(all="ignore"):
+      reference = np.broadcast_to(np.real_if_close(fn(*x_NxD.T)), y_N.shape)
+    keep = _well_conditioned(prefix, x_NxD, 2.4e-7, 1e-6) & np.isreal(reference)
+    np.testing.assert_allclose(y_N[keep], np.real(reference[keep]), rtol=1e-5,
+                               atol=1e-30)
+
+
+def _constants_gradient_case():
+  prefix = ["add", 1.5, "mul", -0.25, "sin", "add", 0.3, "mul", 2.0, "x_0"]
+  program = compiler.compile_batch([prefix])
+  x = jnp.asarray(np.linspace(-2, 2, 7)[None, :, None], jnp.float32)
+  loss = lambda c: jnp.sum(interpreter.evaluate_batch(*program.arrays, c, x)**2)
+  return jnp.asarray(program.constants_BxK, jnp.float32), loss
+
+
+def test_gradients_match_finite_differences():
+  constants, loss = _constants_gradient_case()
+  gradient = np.asarray(jax.grad(loss)(constants))[0]
+  forward = np.asarray(jax.jacfwd(loss)(constants))[0]
+  step = 1e-2
+  for k in range(4):
+    bump = np.zeros(constants.shape, np.float32)
+    bump[0, k] = step
+    numeric = (loss(constants + bump) - loss(constants - bump)) / (2 * step)
+    np.testing.assert_allclose(gradient[k], numeric, rtol=2e-3, atol=1e-3)
+    np.testing.assert_allclose(forward[k], numeric, rtol=2e-3, atol=1e-3)
+
+
+def test_unselected_branches_do_not_poison_gradients():
+  # x = 0 makes log, inv, sqrt and div singular and 1000 overflows exp: none is used.
+  program = compiler.compile_batch([["mul", 2.0, "x_0"], ["sqrt", "mul", 2.0, "x_0"]])
+  x = jnp.asarray([[[0.0], [1000.0]], [[0.0], [4.0]]], jnp.float32)
+  constants = jnp.asarray(program.constants_BxK, jnp.float32)
+  loss = lambda c: jnp.sum(interpreter.evaluate_batch(*program.arrays, c, x))
+  assert np.all(np.isfinite(jax.grad(loss)(constants)))
+  assert np.all(np.isfinite(jax.jacfwd(loss)(constants)))
+
+
+def test_batch_equals_one_at_a_time():
+  prefixes, x_BxNxD = _random_batch(seed=3, count=12, num_points=8)
+  batch = interpreter.evaluate(prefixes, x_BxNxD)
+  for prefix, x_NxD, y_N in zip(prefixes, x_BxNxD, batch):
+    np.testing.assert_array_equal(interpreter.evaluate([prefix], x_NxD[None])[0], y_N)
+
+
+def test_unknown_variable_is_rejected():
+  with pytest.raises(expressions.ExpressionError):
+    interpreter.evaluate([["x_3"]], np.zeros((1, 4, 2)))
+
+
+if __name__ == "__main__":  # the float64 check, run in a fresh x64 process
+  assert jnp.zeros(()).dtype == jnp.float64
+  _check_against_numpy(rtol=1e-12, relative=4.4e-16)

@@ -1,0 +1,82 @@
+"""Batched constant refinement: recovery, batch invariance, bad inputs."""
+
+import numpy as np
+
+from sr_jax import expressions
+from sr_jax import refine
+
+
+def _perturbed_problems(count, seed=0, num_points=64):
+  """c0 + c1*sin(c2 + c3*x_0) + c4*exp(c5*x_1)-style targets, starts perturbed as
+  in the benchmark: c * exp(0.3 N(0,1)) + 0.1 N(0,1)."""
+  rng = np.random.default_rng(seed)
+  prefixes, xs, ys, truths = [], [], [], []
+  for _ in range(count):
+    a, b, c, d, e = rng.uniform(0.5, 2, 5) * rng.choice([-1, 1], 5)
+    unary = ["sin", "cos", "arctan"][rng.integers(3)]
+    true = ["add", a, "add", "mul", b, unary, "add", c, "mul", d, "x_0",
+            "mul", e, "x_1"]
+    x = rng.uniform(-2, 2, size=(num_points, 2))
+    start = [t if isinstance(t, str) else
+             float(t * np.exp(0.3 * rng.normal()) + 0.1 * rng.normal()) for t in true]
+    prefixes.append(start)
+    xs.append(x)
+    ys.append(expressions.evaluate(true, x))
+    truths.append(true)
+  return prefixes, xs, ys, truths
+
+
+def test_lm_recovers_true_constants_from_perturbed_starts():
+  prefixes, xs, ys, _ = _perturbed_problems(48)
+  result = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=60))
+  assert np.mean(result.r2 > 0.999) >= 0.8
+  for prefix, x, y, loss in zip(result.prefixes, xs, ys, result.loss):
+    np.testing.assert_allclose(np.mean((expressions.evaluate(prefix, x) - y)**2),
+                               loss, rtol=1e-3, atol=1e-6)
+  starting = [np.mean((expressions.evaluate(p, x) - y)**2)
+              for p, x, y in zip(prefixes, xs, ys)]
+  assert np.all(result.loss <= np.array(starting) * (1 + 1e-5))
+
+
+def test_batch_equals_one_at_a_time():
+  prefixes, xs, ys, _ = _perturbed_problems(6, seed=1)
+  config = refine.RefineConfig(max_iters=30)
+  batch = refine.refine(prefixes, xs, ys, config)
+  for i in range(3):
+    alone = refine.refine(prefixes[i:i + 1], xs[i:i + 1], ys[i:i + 1], config)
+    np.testing.assert_allclose(alone.constants[0], batch.constants[i], rtol=1e-4,
+                               atol=1e-5)
+    assert alone.status[0] == batch.status[i]
+
+
+def test_multi_start_is_never_worse():
+  prefixes, xs, ys, _ = _perturbed_problems(8, seed=2)
+  one = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=30))
+  four = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=30, n_starts=4))
+  assert np.all(four.loss <= one.loss * (1 + 1e-5) + 1e-12)
+
+
+def test_lbfgs_improves_the_fit():
+  prefixes, xs, ys, _ = _perturbed_problems(4, seed=3, num_points=32)
+  result = refine.refine(prefixes, xs, ys,
+                         refine.RefineConfig(method="lbfgs", max_iters=30))
+  starting = [np.mean((expressions.evaluate(p, x) - y)**2)
+              for p, x, y in zip(prefixes, xs, ys)]
+  assert np.all(result.loss <= np.array(starting) * (1 + 1e-5))
+  assert np.mean(result.r2 > 0.99) >= 0.5
+
+
+def test_bad_inputs_get_a_status_not_a_crash():
+  x = np.linspace(0.1, 2, 20)[:, None]
+  y = 2 * x[:, 0]
+  cases = [(["mul", 3.0, "x_0"], x, y),  # fine
+           (["x_0"], x, y),  # no constants
+           (["mul", 3.0, "x_0"], np.zeros((0, 1)), np.zeros(0)),  # no data
+           (["mul", 3.0, "x_0"], x, np.full(20, np.nan)),  # all-NaN y
+           (["log", "mul", -1.0, "x_0"], x, y)]  # NaN everywhere
+  result = refine.refine(*map(list, zip(*cases)))
+  assert result.status_names() == ["CONVERGED", "NO_CONSTANTS", "NO_DATA", "NO_DATA",
+                                   "NON_FINITE"]
+  np.testing.assert_allclose(result.constants[0], [2.0], rtol=1e-4)
+  np.testing.assert_allclose(result.constants[4], [-1.0])  # start kept
+  assert result.prefixes[1] == ["x_0"]
