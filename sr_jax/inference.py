@@ -1,0 +1,433 @@
+"""Batched inference (reference.md 5): many datasets -> ranked, refined formulas.
+
+For every dataset: keep at most 10 features (the most correlated with y, as E2E's
+wrapper does), standardise X (not y), split the rows into bags of <= 200 points,
+decode candidates for every bag (greedy plus C samples or a beam), parse them (invalid
+ones dropped and counted), score them on the training points, keep the best of each
+skeleton, refine the constants of the top K, rank the pool (refined and unrefined) by
+R2 or a complexity-penalised score, and undo the scaling symbolically.
+
+Every stage runs batched over all datasets: decoding in fixed-shape chunks of bags,
+scoring and refinement in a few jitted calls (selection.py, refine.py). Timings per
+stage come back with the results.
+
+Deviations from E2E, on purpose:
+- Bags are drawn from a seeded shuffle of the rows; E2E cuts consecutive rows, which
+  gives biased bags on sorted data.
+- A constant candidate (the mean of y) is always in the pool, so every dataset gets
+  a formula even when no decoded candidate is valid.
+- A candidate reading a column the data lacks is dropped and counted (E2E's
+  `rescale_function` loops forever on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from sr_jax import checkpoint, data, decoding, expressions, operators, refine, selection
+from sr_jax import sharding
+from sr_jax.model import MAX_INPUT_DIM, Transformer
+
+# The largest |y| the float tokens represent (tokens.py): 9.9995e100.
+MAX_ABS_Y = 9.9995e100
+STAGES = ("prepare", "decode", "parse", "rank", "refine", "select")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+  """Defaults follow the E2E baseline of the TPSR paper: sampling, C=10 per bag, 10
+  bags of 200 points, K=10 refined (reference.md 5.2)."""
+  method: str = "sample"  # "sample" (E2E's best), "beam", or "greedy" alone
+  num_candidates: int = 10  # C per bag: samples, or the beam size
+  include_greedy: bool = True  # E2E always adds the greedy decode
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  length_penalty: float = 1.0
+  max_len: int = 128  # decoded tokens, BOS and EOS included
+  max_points_per_bag: int = 200
+  max_bags: int = 10
+  decode_batch: int = 32  # bags per decoding call (a fixed shape: one compile)
+  num_refine: int = 10  # K: top distinct skeletons refined per dataset
+  refine: refine.RefineConfig = refine.RefineConfig()
+  max_score_points: int = 10_000  # training points used to rank candidates
+  selection: str = "r2"  # or "penalized" (R2 - complexity_penalty * nodes)
+  complexity_penalty: float = 1e-3
+  max_reported: int = 32  # candidates kept in each dataset's table
+  float64: bool = True  # scoring and refinement in float64, as E2E's BFGS
+  max_time: float | None = None  # seconds for the whole call; stages after it are cut
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in decoding.METHODS:
+      raise ValueError(f"unknown decoding method {self.method!r}; choose from "
+                       f"{decoding.METHODS}")
+    if self.selection not in selection.SELECTION_RULES:
+      raise ValueError(f"unknown selection rule {self.selection!r}; choose from "
+                       f"{selection.SELECTION_RULES}")
+    if min(self.num_candidates, self.max_bags, self.decode_batch,
+           self.max_points_per_bag, self.max_reported) < 1 or self.num_refine < 0:
+      raise ValueError(f"sizes must be positive: {self}")
+    if self.max_points_per_bag > 200:
+      raise ValueError("the model reads at most 200 points per bag (E2E's training "
+                       f"maximum); got max_points_per_bag={self.max_points_per_bag}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One formula for a dataset, in the original units of the kept features: variable
+  x_k is column `DatasetResult.features[k]` of the user's X."""
+  prefix: tuple
+  refined: bool
+  mse: float  # on the training points (at most max_score_points of them)
+  r2: float
+  complexity: int  # prefix nodes
+  score: float  # the selection score the table is sorted by
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetResult:
+  candidates: tuple[Candidate, ...]  # best first
+  features: tuple[int, ...]  # the original columns read as x_0, x_1, ...
+  num_decoded: int
+  num_invalid: int  # unparsable, or reading a column the data lacks
+  num_duplicates: int  # same skeleton as a better candidate
+  notes: tuple[str, ...]
+
+  @property
+  def best(self) -> Candidate:
+    return self.candidates[0]
+
+  def predict(self, x: np.ndarray, rank: int = 0) -> np.ndarray:
+    """The rank-th candidate on the user's X (all original columns)."""
+    return expressions.evaluate(list(self.candidates[rank].prefix),
+                                np.asarray(x, np.float64)[:, list(self.features)])
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOutput:
+  results: list[DatasetResult]
+  seconds: dict[str, float]  # per stage, see STAGES
+
+
+# ---------------------------------------------------------------------------------
+# input checks and scaling
+
+
+def check_dataset(x, y, index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """X as N x D float64 and y as N float64, or a ValueError naming the problem."""
+  where = "" if index is None else f"dataset {index}: "
+  try:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}X and y must be numeric: {e}") from None
+  if y.ndim == 2 and y.shape[1] == 1:
+    y = y[:, 0]
+  if x.ndim == 1:
+    raise ValueError(f"{where}X must be 2-D (N x D); got shape {x.shape}. Use "
+                     "X.reshape(-1, 1) for a single feature")
+  if x.ndim != 2 or y.ndim != 1:
+    raise ValueError(f"{where}X must be N x D and y of length N; got shapes {x.shape} "
+                     f"and {y.shape}")
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f"{where}X has {x.shape[0]} rows but y has {y.shape[0]} values")
+  if x.shape[0] < 2:
+    raise ValueError(f"{where}need at least 2 points to fit; got n_samples = {x.shape[0]}")
+  if x.shape[1] < 1:
+    raise ValueError(f"{where}X has no feature columns")
+  for name, a in (("X", x), ("y", y)):
+    bad = ~np.isfinite(a)
+    if bad.any():
+      kind = "NaN" if np.isnan(a).any() else "inf"
+      raise ValueError(f"{where}{name} contains {kind} values ({int(bad.sum())} "
+                       "entries); remove or impute them first")
+  if np.max(np.abs(y)) > MAX_ABS_Y:
+    raise ValueError(f"{where}|y| reaches {np.max(np.abs(y)):.3g}, beyond the "
+                     f"{MAX_ABS_Y:.4g} the float tokens represent; rescale y")
+  return x, y
+
+
+def top_features(x: np.ndarray, y: np.ndarray, k: int = MAX_INPUT_DIM) -> np.ndarray:
+  """The k columns with the largest |Pearson r| with y (E2E's get_top_k_features),
+  in their original order; constant columns count as r = 0."""
+  if x.shape[1] <= k:
+    return np.arange(x.shape[1])
+  xc, yc = x - x.mean(0), y - y.mean()
+  norms = np.linalg.norm(xc, axis=0) * np.linalg.norm(yc)
+  with np.errstate(all="ignore"):
+    r = np.where(norms > 0, np.abs(xc.T @ yc) / np.where(norms > 0, norms, 1), 0.0)
+  return np.sort(np.argsort(-r, kind="stable")[:k])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+  x: np.ndarray  # the kept features, raw
+  y: np.ndarray
+  features: np.ndarray
+  mean: np.ndarray
+  scale: np.ndarray
+  bags: list[np.ndarray]  # row indices
+  notes: list[str]
+
+  @property
+  def x_scaled(self) -> np.ndarray:
+    return (self.x - self.mean) / self.scale
+
+
+def _prepare(x, y, index: int, config: InferenceConfig, rng: np.random.Generator
+             ) -> _Prepared:
+  x, y = check_dataset(x, y, index)
+  notes = []
+  features = top_features(x, y)
+  if len(features) < x.shape[1]:
+    notes.append(f"{x.shape[1]} features: kept the {len(features)} most correlated "
+                 f"with y, columns {features.tolist()}")
+  x = x[:, features]
+  mean, scale = x.mean(0), x.std(0)
+  constant = scale == 0
+  if constant.any():
+    notes.append(f"constant feature column(s) {features[constant].tolist()}: "
+                 "they cannot explain y")
+  scale = np.where(constant, 1.0, scale)
+  num_bags = min(config.max_bags, -(-len(y) // config.max_points_per_bag))
+  order = rng.permutation(len(y))[:num_bags * config.max_points_per_bag]
+  bags = np.array_split(order, num_bags)
+  if num_bags * config.max_points_per_bag < len(y):
+    notes.append(f"{len(y)} points: the model read {len(order)} of them "
+                 f"({num_bags} bags of <= {config.max_points_per_bag})")
+  return _Prepared(x, y, features, mean, scale, bags, notes)
+
+
+def unscale(prefix: expressions.Prefix, mean: np.ndarray, scale: np.ndarray) -> list:
+  """The formula on raw features, from one on standardised ones: x_k becomes
+  (x_k - mean_k) / scale_k, written add(-mean_k/scale_k, mul(1/scale_k, x_k)) as E2E
+  does. A variable beyond the data's features raises ExpressionError."""
+  out = []
+  for token in prefix:
+    k = operators.variable_index(token) if isinstance(token, str) else None
+    if k is None:
+      out.append(token)
+      continue
+    if k >= len(mean):
+      raise expressions.ExpressionError(
+          f"formula reads x_{k} but the data has {len(mean)} feature(s)")
+    out += ["add", float(-mean[k] / scale[k]), "mul", float(1.0 / scale[k]), token]
+  return out
+
+
+# ---------------------------------------------------------------------------------
+# the pipeline
+
+
+class _Clock:
+  def __init__(self, max_time: float | None):
+    self.start = time.perf_counter()
+    self.deadline = None if max_time is None else self.start + max_time
+    self.seconds = {stage: 0.0 for stage in STAGES}
+    self._mark = self.start
+
+  def lap(self, stage: str) -> None:
+    now = time.perf_counter()
+    self.seconds[stage] += now - self._mark
+    self._mark = now
+
+  def expired(self) -> bool:
+    return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarray]],
+        config: InferenceConfig = InferenceConfig(), propose=None) -> InferenceOutput:
+  """Formulas for every (X, y) in `datasets`, all stages batched over them.
+
+  `propose(bags) -> list of candidate lists` replaces the model's decoding, where
+  `bags` is a list of (dataset index, standardised X, y); it exists so the rest of the
+  pipeline can be tested with known candidates. Raises ValueError on bad input, naming
+  the dataset.
+  """
+  if model is None and propose is None:
+    raise ValueError("run needs a model (or a `propose` function)")
+  clock = _Clock(config.max_time)
+  rng = np.random.default_rng(config.seed)
+  prepared = [_prepare(x, y, i, config, rng) for i, (x, y) in enumerate(datasets)]
+  bags = [(i, p.x_scaled[rows], p.y[rows]) for i, p in enumerate(prepared)
+          for rows in p.bags]
+  clock.lap("prepare")
+
+  if propose is not None:
+    proposals = [list(c) for c in propose(bags)]
+    decoded_bags = len(bags)
+  else:
+    proposals, decoded_bags = _decode(model, bags, config, clock)
+  clock.lap("decode")
+
+  candidates: list[list] = [[] for _ in prepared]
+  num_decoded = [0] * len(prepared)
+  num_invalid = [0] * len(prepared)
+  for (i, _, _), bag_candidates in zip(bags, proposals):
+    for prefix in bag_candidates:
+      num_decoded[i] += 1
+      used = expressions.variables_used(prefix) if prefix is not None else ()
+      if prefix is None or (used and max(used) >= prepared[i].x.shape[1]):
+        num_invalid[i] += 1
+      else:
+        candidates[i].append(list(prefix))
+  for i, p in enumerate(prepared):
+    candidates[i].append([float(np.mean(p.y))])  # the fallback: a constant
+    if decoded_bags < len(bags) and not num_decoded[i]:
+      p.notes.append("time budget reached before this dataset was decoded")
+  clock.lap("parse")
+
+  with jax.enable_x64(config.float64):
+    table = _rank_refine_select(prepared, candidates, config, clock)
+  results = []
+  for i, p in enumerate(prepared):
+    rows, duplicates = table[i]
+    results.append(DatasetResult(
+        candidates=tuple(dataclasses.replace(c, prefix=tuple(unscale(c.prefix, p.mean,
+                                                                     p.scale)))
+                         for c in rows),
+        features=tuple(int(f) for f in p.features), num_decoded=num_decoded[i],
+        num_invalid=num_invalid[i], num_duplicates=duplicates, notes=tuple(p.notes)))
+  clock.lap("select")
+  return InferenceOutput(results, dict(clock.seconds))
+
+
+def _score_points(p: _Prepared, config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
+  rows = slice(0, config.max_score_points)
+  return p.x_scaled[rows], p.y[rows]
+
+
+def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
+                        config: InferenceConfig, clock: _Clock):
+  """Per dataset: (ranked Candidates, number of skeleton duplicates)."""
+  points = [_score_points(p, config) for p in prepared]
+  xs, ys = [x for x, _ in points], [y for _, y in points]
+  flat = [(i, c) for i, cs in enumerate(candidates) for c in cs]
+  scores = selection.score([c for _, c in flat], [i for i, _ in flat], xs, ys)
+  pools: list[list[tuple]] = [[] for _ in prepared]  # (prefix, refined, mse, r2)
+  for (i, prefix), mse, r2 in zip(flat, scores.mse, scores.r2):
+    pools[i].append((prefix, False, mse, r2))
+  duplicates, to_refine = [], []
+  for i, pool in enumerate(pools):
+    order = sorted(range(len(pool)), key=lambda j: pool[j][2])  # by MSE, stable
+    kept = selection.unique_by_skeleton([c[0] for c in pool], order)
+    duplicates.append(len(pool) - len(kept))
+    pools[i] = [pool[j] for j in kept]
+    to_refine += [(i, pool[j][0]) for j in kept[:config.num_refine]
+                  if np.isfinite(pool[j][2]) and expressions.num_constants(pool[j][0])]
+  clock.lap("rank")
+
+  if to_refine and not clock.expired():
+    refine_points = [(xs[i][:config.refine.max_points], ys[i][:config.refine.max_points])
+                     for i, _ in to_refine]
+    refined = refine.refine([c for _, c in to_refine], [x for x, _ in refine_points],
+                            [y for _, y in refine_points], config.refine)
+    rescored = selection.score(refined.prefixes, [i for i, _ in to_refine], xs, ys)
+    for (i, _), prefix, mse, r2 in zip(to_refine, refined.prefixes, rescored.mse,
+                                       rescored.r2):
+      pools[i].append((prefix, True, mse, r2))
+  elif to_refine:
+    for p in prepared:
+      p.notes.append("time budget reached: constants not refined")
+  clock.lap("refine")
+
+  table = []
+  for i, pool in enumerate(pools):
+    complexity = np.array([len(c[0]) for c in pool])
+    r2 = np.array([c[3] for c in pool])
+    order_score = selection.selection_score(r2, complexity, config.selection,
+                                            config.complexity_penalty)
+    order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
+    rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]),
+                      float(pool[j][3]), int(complexity[j]), float(order_score[j]))
+            for j in order[:config.max_reported]]
+    table.append((rows, duplicates[i]))
+  return table
+
+
+def _decode(model: Transformer, bags: list, config: InferenceConfig, clock: _Clock):
+  """Candidate prefixes (None where invalid) for every bag, in fixed-shape chunks;
+  stops early when the time budget runs out (bags left undecoded get none)."""
+  methods = [decoding.DecodeConfig(
+      config.method, 1 if config.method == "greedy" else config.num_candidates,
+      config.temperature, config.top_k, config.top_p, config.length_penalty,
+      config.max_len, config.seed)]
+  if config.include_greedy and config.method != "greedy":
+    methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len))
+  # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.
+  devices = jax.device_count()
+  batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())
+  batch = -(-batch // devices) * devices
+  mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
+  proposals: list[list] = []
+  rng = jax.random.key(config.seed)
+  for chunk_index, begin in enumerate(range(0, len(bags), batch)):
+    if chunk_index and clock.expired():
+      break
+    chunk = bags[begin:begin + batch]
+    samples = [_Bag(x, y) for _, x, y in chunk]
+    samples += [samples[0]] * (batch - len(samples))
+    points = data.tokenize_points(samples, config.max_points_per_bag)
+    mask = np.zeros((batch, config.max_points_per_bag), bool)
+    for row, s in enumerate(samples):
+      mask[row, :len(s.y)] = True
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+      inputs = [jax.device_put(a, sharding.batch_sharding(mesh, sharding.DEFAULT_RULES,
+                                                          a.ndim)) for a in (points, mask)]
+      outputs = [decoding.decode(model, *inputs, cfg, jax.random.fold_in(rng, chunk_index))
+                 for cfg in methods]
+    per_bag = [[] for _ in chunk]
+    for out in outputs:
+      prefixes, _ = decoding.to_prefixes(np.asarray(out.tokens_BxCxL)[:len(chunk)])
+      for row, candidates in enumerate(prefixes):
+        per_bag[row] += candidates
+    proposals += per_bag
+  return proposals, len(proposals)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bag:
+  """What data.tokenize_points reads from a sample."""
+  x: np.ndarray
+  y: np.ndarray
+
+
+# ---------------------------------------------------------------------------------
+# trained models
+
+
+def load_model(workdir: str, step: int | None = None) -> Transformer:
+  """The model of a training run (train.py's --workdir), newest readable checkpoint
+  unless `step` is given."""
+  from sr_jax import training  # training imports the data pipeline; only needed here
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise checkpoint.CheckpointError(
+        f"{workdir!r} is not a training run: no config.json (train with "
+        f"python train.py --workdir {workdir})")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # Replicated on every device: decoding shards its batch over the same devices.
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+  cfg = training.RunConfig.from_config_dict(config)
+  mesh = sharding.make_mesh(cfg.mesh)
+  graphdef, state, _ = training.create_state(cfg, mesh)
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
+  try:
+    _, state, _ = checkpointer.restore(checkpoint.abstract_like(state), step)
+  finally:
+    checkpointer.close()
+  model, _ = nnx.merge(graphdef, state)
+  return model
+

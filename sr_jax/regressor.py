@@ -1,0 +1,173 @@
+"""The scikit-learn face of sr_jax: SymbolicTransformerRegressor.
+
+fit(X, y) runs the batched inference pipeline (inference.py) on one dataset;
+fit_many(datasets) runs it on many at once, which is the fast path for evaluation at
+scale. The fitted estimator exposes its ranked candidates as `equations_` (a pandas
+DataFrame, like PySR's), the best formula as sympy / LaTeX / SRBench string, and a
+jitted JAX function of it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import sympy
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from sr_jax import compiler, expressions, inference, interpreter, refine
+from sr_jax.model import Transformer
+
+
+@functools.lru_cache(maxsize=4)
+def _load(workdir: str) -> Transformer:
+  return inference.load_model(workdir)
+
+
+class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
+  """End-to-end symbolic regression with a pretrained transformer.
+
+  pretrained: a training run's directory (train.py --workdir) or a Transformer.
+  method / num_candidates / temperature / max_len: decoding (C candidates per bag,
+  plus the greedy one); max_bags: bags of <= 200 points read per dataset;
+  num_refine: top distinct skeletons whose constants are refined (refine_method
+  'lm' or 'lbfgs', refine_iters iterations); selection: 'r2' or 'penalized';
+  max_time: seconds per fit call, later stages are cut short when it runs out;
+  random_state: seed of bags and sampling (None means 0: results are reproducible).
+  """
+
+  def __init__(self, pretrained: str | Transformer | None = None, method: str = "sample",
+               num_candidates: int = 10, temperature: float = 1.0, max_len: int = 128,
+               max_bags: int = 10, num_refine: int = 10, refine_method: str = "lm",
+               refine_iters: int = 100, selection: str = "r2",
+               complexity_penalty: float = 1e-3, max_time: float | None = None,
+               float64: bool = True, random_state: int | None = None):
+    self.pretrained = pretrained
+    self.method = method
+    self.num_candidates = num_candidates
+    self.temperature = temperature
+    self.max_len = max_len
+    self.max_bags = max_bags
+    self.num_refine = num_refine
+    self.refine_method = refine_method
+    self.refine_iters = refine_iters
+    self.selection = selection
+    self.complexity_penalty = complexity_penalty
+    self.max_time = max_time
+    self.float64 = float64
+    self.random_state = random_state
+
+  # -- configuration --------------------------------------------------------------
+
+  def _config(self) -> inference.InferenceConfig:
+    seed = 0 if self.random_state is None else int(self.random_state)
+    return inference.InferenceConfig(
+        method=self.method, num_candidates=self.num_candidates,
+        temperature=self.temperature, max_len=self.max_len, max_bags=self.max_bags,
+        num_refine=self.num_refine,
+        refine=refine.RefineConfig(method=self.refine_method,
+                                   max_iters=self.refine_iters, seed=seed),
+        selection=self.selection, complexity_penalty=self.complexity_penalty,
+        float64=self.float64, max_time=self.max_time, seed=seed)
+
+  def _transformer(self) -> Transformer:
+    if isinstance(self.pretrained, Transformer):
+      return self.pretrained
+    if isinstance(self.pretrained, str):
+      return _load(self.pretrained)
+    raise ValueError("no model: pass pretrained=<a training run directory> (python train.py "
+                     "--workdir DIR) or a sr_jax.model.Transformer")
+
+  def __sklearn_tags__(self):
+    tags = super().__sklearn_tags__()
+    tags.regressor_tags.poor_score = True  # an untrained model must pass the API checks
+    return tags
+
+  # -- fitting --------------------------------------------------------------------
+
+  def fit(self, X, y):
+    """Finds formulas for y = f(X); the best is used by predict, sympy, model, ..."""
+    X, y = validate_data(self, X, y, y_numeric=True, dtype=np.float64)
+    output = inference.run(self._transformer(), [(X, y)], self._config())
+    self._set_result(output.results[0])
+    self.seconds_ = output.seconds
+    return self
+
+  def fit_many(self, datasets: Sequence[tuple]) -> list[inference.DatasetResult]:
+    """Formulas for many (X, y) datasets in one batched run; returns each dataset's
+    ranked candidates (inference.DatasetResult). The estimator itself stays as it was."""
+    checked = [inference.check_dataset(x, y, i) for i, (x, y) in enumerate(datasets)]
+    output = inference.run(self._transformer(), checked, self._config())
+    return output.results
+
+  def _set_result(self, result: inference.DatasetResult) -> None:
+    self.result_ = result
+    self.features_ = result.features
+    self.prefix_ = list(result.best.prefix)
+    names = self._names()
+    self.equations_ = pd.DataFrame({
+        "expression": [expressions.to_infix(list(c.prefix), names) for c in result.candidates],
+        "sympy": [expressions.to_sympy(list(c.prefix), self._symbols())
+                  for c in result.candidates],
+        "complexity": [c.complexity for c in result.candidates],
+        "loss": [c.mse for c in result.candidates],
+        "r2": [c.r2 for c in result.candidates],
+        "refined": [c.refined for c in result.candidates],
+        "score": [c.score for c in result.candidates],
+    })
+
+  def _names(self) -> list[str]:
+    """The user's names of the kept features, in x_0, x_1, ... order."""
+    all_names = (list(map(str, self.feature_names_in_)) if hasattr(self, "feature_names_in_")
+                 else [f"x_{i}" for i in range(self.n_features_in_)])
+    return [all_names[f] for f in self.features_]
+
+  def _symbols(self) -> list[sympy.Symbol]:
+    return [sympy.Symbol(name, real=True) for name in self._names()]
+
+  # -- using the fit --------------------------------------------------------------
+
+  def predict(self, X) -> np.ndarray:
+    check_is_fitted(self, "prefix_")
+    X = validate_data(self, X, reset=False, dtype=np.float64)
+    return expressions.evaluate(self.prefix_, X[:, list(self.features_)])
+
+  def sympy(self) -> sympy.Expr:
+    check_is_fitted(self, "prefix_")
+    return expressions.to_sympy(self.prefix_, self._symbols())
+
+  def latex(self) -> str:
+    check_is_fitted(self, "prefix_")
+    return expressions.to_latex(self.prefix_, self._names())
+
+  def model(self) -> str:
+    """SRBench's model string: sympy-parsable, in the user's column names."""
+    check_is_fitted(self, "prefix_")
+    return expressions.model_string(self.prefix_, self._names())
+
+  def jax(self):
+    """(f, constants): f(X, constants) is a jitted JAX function of the best formula on
+    the user's X (all columns), differentiable in its constants."""
+    check_is_fitted(self, "prefix_")
+    program = compiler.compile_batch([self.prefix_])
+    arrays = tuple(jnp.asarray(a[0]) for a in program.arrays)
+    columns = jnp.asarray(self.features_, jnp.int32)
+    count = int(program.num_constants_B[0])
+
+    @jax.jit
+    def f(x_NxD, constants_K):
+      slots_K = jnp.zeros(program.shape[2], constants_K.dtype).at[:count].set(constants_K)
+      return interpreter.evaluate_one(*arrays, slots_K, x_NxD[:, columns])
+
+    return f, jnp.asarray(program.constants_BxK[0, :count])
+
+
+def model(est: SymbolicTransformerRegressor, X=None) -> str:
+  """SRBench's `model(est, X)` hook: the fitted model string."""
+  del X
+  return est.model()

@@ -1,0 +1,116 @@
+"""Scoring and ranking candidate formulas (reference.md 5.3), batched in JAX.
+
+E2E scores each candidate with numexpr, one at a time. Here every candidate of every
+dataset is scored in a few jitted calls: candidates are grouped by compiled shape
+(compiler buckets), each reads its own dataset from one padded device array by index,
+and MSE / R2 come back for all of them. Non-finite predictions score MSE = inf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sr_jax import compiler
+from sr_jax import expressions
+from sr_jax import interpreter
+
+SELECTION_RULES = ("r2", "penalized")
+# Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
+_ELEMENT_BUDGET = 1 << 24
+_POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+  mse: np.ndarray  # inf where the prediction is not finite on some point
+  r2: np.ndarray  # -inf where mse is inf
+
+
+def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
+          xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> Scores:
+  """MSE and R2 of prefixes[i] on dataset dataset_ids[i], for all i at once.
+
+  xs[j] is N_j x D_j and ys[j] has N_j values (all finite). Runs in float64 under
+  `jax.enable_x64(True)`, else float32.
+  """
+  if not prefixes:
+    return Scores(np.zeros(0), np.zeros(0))
+  dtype = interpreter.float_dtype()
+  num_points = compiler.bucket(max(len(y) for y in ys), _POINT_BUCKETS)
+  num_features = max(x.shape[1] for x in xs)
+  x_MxNxD = np.zeros((len(xs), num_points, num_features))
+  y_MxN = np.zeros((len(xs), num_points))
+  mask_MxN = np.zeros((len(xs), num_points), bool)
+  for j, (x, y) in enumerate(zip(xs, ys)):
+    x_MxNxD[j, :len(y), :x.shape[1]] = x
+    y_MxN[j, :len(y)] = y
+    mask_MxN[j, :len(y)] = True
+  data = (jnp.asarray(x_MxNxD, dtype), jnp.asarray(y_MxN, dtype), jnp.asarray(mask_MxN))
+  mse = np.full(len(prefixes), np.inf)
+  r2 = np.full(len(prefixes), -np.inf)
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, prefix in enumerate(prefixes):
+    key = (compiler.bucket(len(prefix), compiler.LENGTH_BUCKETS),
+           compiler.bucket(max(expressions.num_constants(prefix), 1),
+                           compiler.CONSTANT_BUCKETS))
+    groups.setdefault(key, []).append(i)
+  for (length, slots), members in groups.items():
+    chunk = max(8, min(512, 1 << (_ELEMENT_BUDGET // (length * num_points)).bit_length() - 1))
+    for begin in range(0, len(members), chunk):
+      rows = members[begin:begin + chunk]
+      padded = rows + [rows[0]] * (chunk - len(rows))
+      program = compiler.compile_batch([prefixes[i] for i in padded], length, slots)
+      ids = jnp.asarray([dataset_ids[i] for i in padded], jnp.int32)
+      out = _score_chunk(tuple(map(jnp.asarray, program.arrays)),
+                         jnp.asarray(program.constants_BxK, dtype), ids, *data)
+      chunk_mse, chunk_r2 = (np.asarray(a, np.float64)[:len(rows)] for a in out)
+      mse[rows], r2[rows] = chunk_mse, chunk_r2
+  return Scores(mse, r2)
+
+
+@jax.jit
+def _score_chunk(program, constants_BxK, ids_B, x_MxNxD, y_MxN, mask_MxN):
+  x_BxNxD, y_BxN, mask_BxN = x_MxNxD[ids_B], y_MxN[ids_B], mask_MxN[ids_B]
+  prediction_BxN = jax.vmap(interpreter.evaluate_one)(*program, constants_BxK, x_BxNxD)
+  count_B = jnp.maximum(jnp.sum(mask_BxN, axis=1), 1)
+  finite_B = jnp.all(jnp.isfinite(prediction_BxN) | ~mask_BxN, axis=1)
+  error_BxN = jnp.where(mask_BxN, prediction_BxN - y_BxN, 0.0)
+  mse_B = jnp.where(finite_B, jnp.sum(error_BxN**2, axis=1) / count_B, jnp.inf)
+  mean_B = jnp.sum(jnp.where(mask_BxN, y_BxN, 0.0), axis=1) / count_B
+  variance_B = jnp.sum(jnp.where(mask_BxN, (y_BxN - mean_B[:, None])**2, 0.0),
+                       axis=1) / count_B
+  # sklearn's convention for a constant target: 1 if fitted exactly, else 0.
+  r2_B = jnp.where(variance_B > 0, 1.0 - mse_B / jnp.where(variance_B > 0, variance_B, 1.0),
+                   jnp.where(mse_B == 0, 1.0, 0.0))
+  mse_B = jnp.where(jnp.isnan(mse_B), jnp.inf, mse_B)
+  return mse_B, jnp.where(jnp.isfinite(mse_B), r2_B, -jnp.inf)
+
+
+def unique_by_skeleton(prefixes: Sequence[expressions.Prefix],
+                       order: Sequence[int]) -> list[int]:
+  """Indices (from `order`, best first) whose skeleton no earlier one has: E2E keeps
+  only the best candidate of each skeleton."""
+  seen, kept = set(), []
+  for i in order:
+    key = expressions.skeleton(prefixes[i])
+    if key not in seen:
+      seen.add(key)
+      kept.append(i)
+  return kept
+
+
+def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
+                    complexity_penalty: float) -> np.ndarray:
+  """Higher is better. 'r2': E2E's rule. 'penalized': R2 minus a price per prefix node,
+  so a much shorter formula wins over a marginally better fit."""
+  if rule == "r2":
+    return np.asarray(r2, np.float64)
+  if rule == "penalized":
+    return np.asarray(r2, np.float64) - complexity_penalty * np.asarray(complexity)
+  raise ValueError(f"unknown selection rule {rule!r}; choose from {SELECTION_RULES}")
+

@@ -1,0 +1,96 @@
+"""SymbolicTransformerRegressor: scikit-learn's estimator checks, pandas names in every
+export, the exports agree with predict, bad input is named, and a trained run loads."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy
+from flax import nnx
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from configs import debug
+from sr_jax import checkpoint, inference, training
+from sr_jax.model import Transformer, model_config
+from sr_jax.regressor import SymbolicTransformerRegressor, model
+
+_TINY = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(0))
+
+
+def _fast(**overrides):
+  settings = dict(num_candidates=2, max_len=16, max_bags=2, num_refine=2, refine_iters=10)
+  return SymbolicTransformerRegressor(_TINY, **{**settings, **overrides})
+
+
+@parametrize_with_checks([_fast()])
+def test_sklearn_estimator_checks(estimator, check):
+  check(estimator)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+  rng = np.random.default_rng(0)
+  X = pd.DataFrame(rng.uniform(1, 2, size=(60, 3)), columns=["mass", "speed", "time"])
+  y = 0.5 * X["mass"] * X["speed"]**2
+  return _fast().fit(X, y), X, y
+
+
+def test_exports_agree_with_predict(fitted):
+  est, X, y = fitted
+  prediction = est.predict(X)
+  assert prediction.shape == (60,)
+  table = est.equations_
+  assert list(table.columns) == ["expression", "sympy", "complexity", "loss", "r2",
+                                 "refined", "score"]
+  assert table["score"].is_monotonic_decreasing
+  assert est.score(X, y) == pytest.approx(table["r2"][0], abs=1e-9)
+  # The SRBench string parses with sympy in the user's column names.
+  parsed = sympy.sympify(model(est, X))
+  assert {str(s) for s in parsed.free_symbols} <= {"mass", "speed", "time"}
+  values = sympy.lambdify(sorted(parsed.free_symbols, key=str), parsed, "numpy")(
+      *[X[str(s)].to_numpy() for s in sorted(parsed.free_symbols, key=str)])
+  np.testing.assert_allclose(np.broadcast_to(values, (60,)), prediction, rtol=1e-9)
+  assert isinstance(est.sympy(), sympy.Expr) and isinstance(est.latex(), str)
+  f, constants = est.jax()
+  np.testing.assert_allclose(np.asarray(f(X.to_numpy(), constants)), prediction, rtol=1e-5)
+
+
+def test_bad_use_is_named():
+  with pytest.raises(NotFittedError):
+    _fast().predict(np.ones((3, 2)))
+  with pytest.raises(ValueError, match="no model"):
+    SymbolicTransformerRegressor().fit(np.ones((3, 1)), np.ones(3))
+  with pytest.raises(ValueError, match="NaN"):
+    _fast().fit(np.array([[1.0], [np.nan], [2.0]]), np.ones(3))
+  with pytest.raises(ValueError, match="dataset 1: X has 3 rows but y has 2"):
+    _fast().fit_many([(np.ones((3, 1)), np.ones(3)), (np.ones((3, 1)), np.ones(2))])
+
+
+def test_fit_many_matches_fit_on_each():
+  rng = np.random.default_rng(1)
+  datasets = [(rng.normal(size=(40, 2)), rng.normal(size=40)) for _ in range(2)]
+  est = _fast()
+  many = est.fit_many(datasets)
+  assert not hasattr(est, "prefix_")
+  assert len(many) == 2 and all(isinstance(r, inference.DatasetResult) for r in many)
+  alone = est.fit(*datasets[0])
+  assert many[0].num_decoded == alone.result_.num_decoded
+
+
+def test_trained_run_loads_and_fits(tmp_path):
+  config = debug.get_config()
+  config.data.point_buckets = (200,)  # one batch shape
+  config.data.points_per_batch = 1_600
+  config.generator.max_input_dimension = 2
+  config.model.max_target_len = 128
+  config.train.update(num_steps=2, log_every=1, eval_every=1_000, eval_batches=1,
+                      checkpoint_every=2, async_checkpoints=False, tensorboard=False)
+  training.train_and_evaluate(config, str(tmp_path))
+  loaded = inference.load_model(str(tmp_path))
+  assert loaded.config.max_target_len == 128
+  est = SymbolicTransformerRegressor(str(tmp_path), num_candidates=2, max_len=16,
+                                     max_bags=1, num_refine=1, refine_iters=5)
+  est.fit(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20))
+  assert np.isfinite(est.score(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20)))
+  with pytest.raises(checkpoint.CheckpointError, match="not a training run"):
+    inference.load_model(str(tmp_path / "nowhere"))
