@@ -1,28 +1,68 @@
-"""Evaluate a trained sr_jax model.
+"""Evaluate a trained sr_jax model on benchmark suites, SRBench's protocol.
 
-    python eval.py --config configs/debug.py --workdir runs/debug
+    python eval.py --pretrained runs/debug --suite strogatz,in_domain --outdir runs/eval
+    python eval.py --pretrained runs/paper --suite feynman,strogatz --noise 0,0.001,0.01,0.1
 
-Restores the newest checkpoint in --workdir (built with the same --config) and reports
-in-domain validation token loss and accuracy, also written to workdir/eval_results.json.
+Writes per-dataset rows (results.jsonl, results.csv), summary.md next to the published
+numbers, and PNG plots into --outdir. Rerunning with the same --outdir resumes: tasks
+already in results.jsonl are not redone. A suite is a name (feynman, feynman_bonus,
+strogatz, in_domain) or a folder of CSV/TSV files (last column = target).
 """
 
+import json
+import os
+
 from absl import app, flags
-from ml_collections import config_flags
 
-from sr_jax import evaluation
+from sr_jax import benchmarking, inference, report, suites
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/debug.py",
-                                          "Config the checkpoint was trained with.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/debug", "Training run to evaluate.")
-_NUM_BATCHES = flags.DEFINE_integer("num_batches", None, "Validation batches (default: "
-                                    "config.train.eval_batches).")
+_PRETRAINED = flags.DEFINE_string("pretrained", "runs/debug", "Training run (train.py --workdir).")
+_SUITE = flags.DEFINE_list("suite", ["strogatz", "in_domain"], "Suites or folders.")
+_NOISE = flags.DEFINE_list("noise", ["0"], "Target noise levels (RMS-relative, train only).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Split / noise seeds.")
+_OUTDIR = flags.DEFINE_string("outdir", "runs/eval", "Results, summary and plots.")
+_MAX_DATASETS = flags.DEFINE_integer("max_datasets", 0, "Per suite; 0 = all.")
+_FEYNMAN_ROWS = flags.DEFINE_integer("feynman_rows", 100_000, "Rows sampled per Feynman problem.")
+_IN_DOMAIN_SIZE = flags.DEFINE_integer("in_domain_size", 1000, "In-domain problems.")
+_STROGATZ_PATH = flags.DEFINE_string("strogatz_path", None, "Official Strogatz files, if any.")
+_CANDIDATES = flags.DEFINE_integer("num_candidates", 10, "Samples per bag (C).")
+_REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset (K).")
+_BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
+_SYMBOLIC = flags.DEFINE_bool("symbolic", True, "SRBench's symbolic-solution check.")
+
+
+def _load(suite: str):
+  options = {"feynman": {"num_rows": _FEYNMAN_ROWS.value},
+             "feynman_bonus": {"num_rows": _FEYNMAN_ROWS.value},
+             "in_domain": {"size": _IN_DOMAIN_SIZE.value},
+             "strogatz": {"path": _STROGATZ_PATH.value}}.get(suite, {})
+  problems = suites.load(suite, **options)
+  return problems[:_MAX_DATASETS.value] if _MAX_DATASETS.value else problems
+
+
+def _smoke_test_banner(workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  if config["model"]["size"] == "debug":
+    print("NOTE: this model is the `debug` preset (1M parameters, minutes of CPU "
+          "training): a smoke test of the pipeline, not a result.")
 
 
 def main(argv):
   del argv
-  results = evaluation.run(_CONFIG.value, _WORKDIR.value, _NUM_BATCHES.value)
-  print(" ".join(f"{k}={v:.4g}" for k, v in results.items()))
+  model = inference.load_model(_PRETRAINED.value)
+  _smoke_test_banner(_PRETRAINED.value)
+  problems = [p for suite in _SUITE.value for p in _load(suite)]
+  config = benchmarking.BenchmarkConfig(
+      noise_levels=tuple(map(float, _NOISE.value)), seeds=tuple(map(int, _SEEDS.value)),
+      symbolic=_SYMBOLIC.value,
+      inference=inference.InferenceConfig(num_candidates=_CANDIDATES.value,
+                                          num_refine=_REFINE.value, max_bags=_BAGS.value))
+  rows = benchmarking.run(model, problems, _OUTDIR.value, config)
+  paths = report.write(rows, _OUTDIR.value, f"sr_jax on {', '.join(_SUITE.value)}")
+  with open(paths["summary"]) as f:
+    print(f.read())
+  print("\n".join(f"{what}: {path}" for what, path in paths.items()))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+"""Batched evaluation of a model on benchmark suites with SRBench's protocol.
+
+Every (problem, noise level, seed) is one task: split 75/25 (training capped at 10k
+rows, noise on the training y only, metrics.srbench_split), formulas found by the
+batched pipeline (inference.run) for a whole chunk of tasks at once, then scored on
+the test rows (metrics.compute_metrics), checked symbolically against the true formula
+when there is one, and on in-domain problems scored on the extrapolation points.
+
+Each finished chunk is appended to `results.jsonl`, so a killed run restarts where it
+stopped: tasks already in the file are not redone. `report.py` turns the rows into the
+summary table and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+
+from sr_jax import expressions, inference, metrics, monitor, suites
+from sr_jax.model import Transformer
+
+RESULTS_FILE = "results.jsonl"
+CURVE_POINTS = 50  # test points kept per row for the predicted-vs-true plots
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  noise_levels: tuple[float, ...] = (0.0,)
+  seeds: tuple[int, ...] = (0,)
+  train_cap: int = 10_000
+  chunk_size: int = 256  # tasks per inference.run call
+  symbolic: bool = True  # SRBench's symbolic-solution check (sympy; slow on big models)
+  symbolic_max_nodes: int = 100
+  inference: inference.InferenceConfig = inference.InferenceConfig()
+
+
+def task_key(problem: suites.Problem, noise: float, seed: int) -> str:
+  return f"{problem.suite}/{problem.name}/noise={noise:g}/seed={seed}"
+
+
+def read_results(outdir: str) -> list[dict]:
+  """Rows written so far; a line cut short by a crash is ignored (its task reruns)."""
+  path = os.path.join(outdir, RESULTS_FILE)
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
+
+
+def run(model: Transformer | None, problems: Sequence[suites.Problem], outdir: str,
+        config: BenchmarkConfig = BenchmarkConfig(), propose=None) -> list[dict]:
+  """Evaluates every task not yet in outdir/results.jsonl; returns all rows.
+
+  `propose` is passed to inference.run (a test double for the model)."""
+  os.makedirs(outdir, exist_ok=True)
+  finished = read_results(outdir)
+  # Rewrite the file without a line a crash cut short, so appends start on a new line.
+  with open(os.path.join(outdir, RESULTS_FILE), "w") as out:
+    out.writelines(json.dumps(row) + "\n" for row in finished)
+  done = {row["key"] for row in finished}
+  tasks = [(p, noise, seed) for p in problems for noise in config.noise_levels
+           for seed in config.seeds if task_key(p, noise, seed) not in done]
+  progress = monitor.Progress(len(tasks))
+  with open(os.path.join(outdir, RESULTS_FILE), "a") as out:
+    for begin in range(0, len(tasks), config.chunk_size):
+      chunk = tasks[begin:begin + config.chunk_size]
+      for row in _evaluate_chunk(model, chunk, config, propose):
+        out.write(json.dumps(row) + "\n")
+      out.flush()
+      progress.update(begin + len(chunk), f"{chunk[-1][0].suite}")
+  progress.close()
+  return read_results(outdir)
+
+
+def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose) -> list[dict]:
+  splits = [metrics.srbench_split(p.x, p.y, seed, train_cap=config.train_cap, noise=noise)
+            for p, noise, seed in chunk]
+  begin = time.perf_counter()
+  output = inference.run(model, [(s[0], s[1]) for s in splits], config.inference,
+                         propose=propose)
+  seconds_per_task = (time.perf_counter() - begin) / len(chunk)
+  rows = []
+  for (problem, noise, seed), split, result in zip(chunk, splits, output.results):
+    rows.append(_row(problem, noise, seed, split, result, config, seconds_per_task,
+                     output.seconds))
+  return rows
+
+
+def _row(problem: suites.Problem, noise: float, seed: int, split, result, config,
+         seconds: float, stage_seconds: dict) -> dict:
+  _, _, x_test, y_test = split
+  best = result.best
+  with np.errstate(all="ignore"):
+    prediction = result.predict(x_test)
+  names = [problem.feature_names[f] for f in result.features]
+  model_string = expressions.model_string(list(best.prefix), names)
+  row = {"key": task_key(problem, noise, seed), "suite": problem.suite,
+         "name": problem.name, "noise": noise, "seed": seed,
+         "dimension": problem.metadata["dimension"],
+         "num_operators": problem.metadata.get("num_operators"),
+         "num_unary_ops": problem.metadata.get("num_unary_ops"),
+         "num_binary_ops": problem.metadata.get("num_binary_ops"),
+         "srbench_excluded": problem.metadata["srbench_excluded"],
+         "model": model_string, "complexity": best.complexity,
+         "model_size": metrics.model_size(model_string, names),
+         "refined": best.refined, "train_r2": best.r2,
+         "num_decoded": result.num_decoded, "num_invalid": result.num_invalid,
+         "notes": list(result.notes), "seconds": seconds,
+         "stage_seconds_chunk": stage_seconds,
+         **{f"test_{k}": _plain(v) for k, v in metrics.compute_metrics(y_test,
+                                                                        prediction).items()},
+         "curve_true": y_test[:CURVE_POINTS].tolist(),
+         "curve_pred": [float(v) if np.isfinite(v) else None
+                        for v in prediction[:CURVE_POINTS]]}
+  if config.symbolic and problem.formula is not None:
+    check = metrics.symbolic_solution(model_string, problem.formula, problem.feature_names,
+                                      r2_test=row["test_r2"],
+                                      max_nodes=config.symbolic_max_nodes)
+    row["symbolic_solution"], row["symbolic_reason"] = check.solved, check.reason
+  for sigma, (x, y) in problem.metadata.get("extrapolation", {}).items():
+    with np.errstate(all="ignore"):
+      row[f"extrapolation_r2_sigma{sigma:g}"] = _plain(metrics.r2(y, result.predict(x)))
+  return row
+
+
+def _plain(value):
+  """JSON has no inf/NaN literals that every reader accepts: keep floats finite."""
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  value = float(value)
+  return value if np.isfinite(value) else (-1e308 if value < 0 else 1e308)

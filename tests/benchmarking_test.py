@@ -1,0 +1,108 @@
+"""Suite evaluation: rows, summary, plots, SRBench checks, and resume after a crash.
+
+The model is replaced by a proposer that returns each problem's true skeleton with
+wrong constants; the formulas are chosen so standardising X keeps their skeleton
+(every variable sits in an affine map), so refinement through the real pipeline can
+recover them."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from sr_jax import benchmarking, report, suites
+
+# (formula in x0, x1, skeleton proposed on standardised inputs)
+_FORMULAS = [
+    ("2.5 + 1.5*sin(0.8 + 1.2*x0) - 0.7*x1",
+     ["add", 1.0, "add", "mul", 1.0, "sin", "add", 0.5, "mul", 1.0, "x_0", "mul", 1.0, "x_1"]),
+    ("0.3 - 2*x0 + 4*x1",
+     ["add", 1.0, "add", "mul", 1.0, "x_0", "mul", 1.0, "x_1"]),
+    ("1 + exp(0.5*x1 - 0.2)",
+     ["add", 0.5, "mul", 1.0, "exp", "add", 0.1, "mul", 0.4, "x_1"]),
+]
+
+
+def _problems():
+  rng = np.random.default_rng(0)
+  problems = []
+  for k, (formula, _) in enumerate(_FORMULAS):
+    x = rng.uniform(-2, 2, size=(120, 2))
+    y = eval(formula, {"sin": np.sin, "exp": np.exp, "x0": x[:, 0], "x1": x[:, 1]})
+    problems.append(suites.Problem(f"toy_{k}", "toy", x, np.asarray(y, float), ("x0", "x1"),
+                                   formula, {"dimension": 2, "num_rows": 120,
+                                             "srbench_excluded": False, "num_operators": k}))
+  return problems
+
+
+def _proposer(problems, tasks_per_problem=None):
+  """Bag -> its problem's skeleton. Problems are told apart by the bag's dataset index
+  (tasks_per_problem tasks each, all in one chunk), or else by their exact y values."""
+  values = {float(v): k for k, p in enumerate(problems) for v in p.y}
+
+  def which(i, y):
+    return i // tasks_per_problem if tasks_per_problem else values[float(y[0])]
+
+  def propose(bags):
+    return [[_FORMULAS[which(i, y)][1], None] for i, _, y in bags]
+  return propose
+
+
+def _without_timing(rows):
+  return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+
+def test_rows_summary_and_plots(tmp_path):
+  problems = _problems()
+  config = benchmarking.BenchmarkConfig(noise_levels=(0.0, 0.01), seeds=(0,))
+  rows = benchmarking.run(None, problems, str(tmp_path), config,
+                          propose=_proposer(problems, tasks_per_problem=2))
+  assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+  clean = [r for r in rows if r["noise"] == 0]
+  assert all(r["test_r2"] > 0.999999 for r in clean)
+  assert all(r["test_acc_0.001"] for r in clean)
+  assert all(r["symbolic_solution"] for r in clean), [r["symbolic_reason"] for r in clean]
+  assert all(0.9 < r["test_r2"] < 1 for r in rows if r["noise"] == 0.01)
+  assert all(r["num_invalid"] == r["num_decoded"] // 2 for r in rows)
+  paths = report.write(rows, str(tmp_path), "toy")
+  for name in ("csv", "summary", "r2_by_suite", "accuracy_vs_difficulty",
+               "predicted_vs_true"):
+    assert os.path.getsize(paths[name]) > 0
+  table = report.summary(rows)
+  assert list(table["datasets"]) == [3, 3]
+  assert table.loc[table["noise"] == 0, "R2>0.999"].item() == 1.0
+  assert "| toy | 0.000 | 3 | 1.000 | 1.000 |" in open(paths["summary"]).read()
+  assert len(pd.read_csv(paths["csv"])) == 6
+
+
+def test_resume_after_a_crash_gives_the_same_table(tmp_path):
+  problems = _problems()
+  config = benchmarking.BenchmarkConfig(chunk_size=1)
+  straight = benchmarking.run(None, problems, str(tmp_path / "a"), config,
+                              propose=_proposer(problems))
+  # A crash after two tasks, in the middle of writing the third line.
+  crashed = tmp_path / "b"
+  benchmarking.run(None, problems[:2], str(crashed), config, propose=_proposer(problems))
+  with open(crashed / benchmarking.RESULTS_FILE, "a") as f:
+    f.write(json.dumps(straight[2])[:40])
+  calls = []
+
+  def counting(bags):
+    calls.append(len(bags))
+    return _proposer(problems)(bags)
+  resumed = benchmarking.run(None, problems, str(crashed), config, propose=counting)
+  assert len(calls) == 1  # only the unfinished task ran again
+  assert _without_timing(resumed) == _without_timing(straight)
+
+
+def test_in_domain_rows_have_extrapolation(tmp_path):
+  problem = suites.in_domain(size=1, seed=0)[0]
+
+  def propose(bags):
+    return [[["add", 1.0, "mul", 1.0, "x_0"]] for _ in bags]
+  rows = benchmarking.run(None, [problem], str(tmp_path),
+                          benchmarking.BenchmarkConfig(symbolic=False), propose=propose)
+  for sigma in (1, 2, 4, 8, 16):
+    assert np.isfinite(rows[0][f"extrapolation_r2_sigma{sigma}"])
+  assert "symbolic_solution" not in rows[0]
