@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from sr_jax import expressions
+from sr_jax import expressions, operators, tokens
 from sr_jax.model import Transformer
 from sr_jax.tokens import BOS, DECODER_VOCAB, EOS, decode_expression
 
@@ -40,7 +40,10 @@ METHODS = ("greedy", "sample", "beam")
 class DecodeConfig:
   """How to decode. num_candidates: samples per input, or the beam size (1 for greedy).
   max_len counts BOS and EOS (128, as the training targets) and must fit the model's
-  max_target_len. length_penalty is alpha in score = sum log p / len ** alpha."""
+  max_target_len. length_penalty is alpha in score = sum log p / len ** alpha.
+  constrained: every step masks the tokens after which no valid formula could end by
+  max_len (see `grammar_mask`), so every candidate parses; E2E decodes unconstrained
+  and drops the invalid ones. Needs the model to use tokens.DECODER_VOCAB."""
   method: str = "greedy"
   num_candidates: int = 1
   temperature: float = 1.0
@@ -49,6 +52,8 @@ class DecodeConfig:
   length_penalty: float = 1.0
   max_len: int = 128
   seed: int = 0
+  constrained: bool = False  # only tokens that keep the sequence a valid formula
+
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -96,6 +101,10 @@ def decode(model: Transformer, points_BxNxT: jax.Array, point_mask_BxN: jax.Arra
   if cfg.max_len > model.config.max_target_len:
     raise ValueError(f"max_len {cfg.max_len} exceeds max_target_len "
                      f"{model.config.max_target_len}")
+  if cfg.constrained and model.config.decoder_vocab_size != len(DECODER_VOCAB):
+    raise ValueError("constrained decoding needs the model's decoder vocabulary to be "
+                     f"tokens.DECODER_VOCAB ({len(DECODER_VOCAB)} words); the model has "
+                     f"{model.config.decoder_vocab_size}")
   graphdef, state = nnx.split(model)
   rng = jax.random.key(cfg.seed) if rng is None else rng
   return _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg)
@@ -154,6 +163,55 @@ def _sample_rows(key: jax.Array, logits_BxV: jax.Array) -> jax.Array:
   return jnp.sum(cdf_BxV <= u_Bx1, axis=-1)
 
 
+# The decoder grammar, per token id: its kind, and how it changes the number of operands
+# still needed (arity - 1; a float is one leaf, counted at its sign word).
+_OTHER, _SYMBOL, _SIGN, _MANTISSA, _EXPONENT, _END = range(6)
+
+
+@functools.lru_cache(maxsize=1)
+def _grammar_tables() -> tuple[np.ndarray, np.ndarray]:
+  kind_V = np.full(len(DECODER_VOCAB), _OTHER, np.int32)
+  delta_V = np.zeros(len(DECODER_VOCAB), np.int32)
+  for i, word in enumerate(DECODER_VOCAB.words):
+    if word in operators.OPERATORS:
+      kind_V[i], delta_V[i] = _SYMBOL, operators.OPERATORS[word].arity - 1
+    elif operators.variable_index(word) is not None:
+      kind_V[i], delta_V[i] = _SYMBOL, -1
+    elif word in tokens.SIGN_WORDS:
+      kind_V[i], delta_V[i] = _SIGN, -1
+    elif word in tokens.MANTISSA_WORDS:
+      kind_V[i] = _MANTISSA
+    elif word in tokens.EXPONENT_WORDS:
+      kind_V[i] = _EXPONENT
+    elif word == EOS:
+      kind_V[i] = _END
+  return kind_V, delta_V
+
+
+def grammar_mask(tokens_BxL: jax.Array, position: jax.Array) -> jax.Array:
+  """Which tokens may follow tokens_BxL[:, :position + 1] (BOS first) so that the row is
+  still the start of a valid formula that can end, EOS included, within L tokens.
+
+  A float is sign, mantissa, exponent in that order; EOS comes exactly when no operand
+  is missing; an operator, variable or float is allowed only if the operands it leaves
+  missing can still be filled with one-token variables before the last slot."""
+  kind_V, delta_V = map(jnp.asarray, _grammar_tables())
+  L = tokens_BxL.shape[1]
+  written_BxL = jnp.arange(L) <= position
+  needed_B = 1 + jnp.sum(jnp.where(written_BxL, delta_V[tokens_BxL], 0), axis=1)
+  last_kind_B = kind_V[jax.lax.dynamic_index_in_dim(tokens_BxL, position, 1, keepdims=False)]
+  slots = L - 1 - position  # positions position+1 .. L-1 are still free
+  cost_V = jnp.where(kind_V == _SIGN, 3, 1)
+  needed_after_BxV = needed_B[:, None] + delta_V[None, :]
+  fits_BxV = cost_V[None, :] + needed_after_BxV + 1 <= slots
+  opens_BxV = ((kind_V == _SYMBOL) | (kind_V == _SIGN))[None, :] & (needed_B > 0)[:, None]
+  ends_BxV = (kind_V == _END)[None, :] & (needed_B == 0)[:, None]
+  free_BxV = (opens_BxV & fits_BxV) | ends_BxV
+  return jnp.where((last_kind_B == _SIGN)[:, None], (kind_V == _MANTISSA)[None, :],
+                   jnp.where((last_kind_B == _MANTISSA)[:, None],
+                             (kind_V == _EXPONENT)[None, :], free_BxV))
+
+
 def _initial_tokens(batch: int, max_len: int) -> jax.Array:
   return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
 
@@ -169,6 +227,8 @@ def _sample(model, enc_BxNxD, mask_BxN, cfg: DecodeConfig, rng):
     token_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens_BxL, s.position, 1, axis=1)
     logits_BxV, cache = model.decode_step(token_Bx1, s.cache, enc_BxNxD, mask_BxN, s.position)
     allowed_BxV = _mask_specials(logits_BxV)
+    if cfg.constrained:
+      allowed_BxV = jnp.where(grammar_mask(s.tokens_BxL, s.position), allowed_BxV, -jnp.inf)
     if cfg.method == "greedy":
       next_B = jnp.argmax(allowed_BxV, axis=-1)
     else:
@@ -211,7 +271,12 @@ def _beam_search(model, enc_BKxNxD, mask_BKxN, cfg: DecodeConfig):
                                               1, axis=1)
     logits_BKxV, cache = model.decode_step(token_BKx1, s.cache, enc_BKxNxD, mask_BKxN, s.position)
     V = logits_BKxV.shape[-1]
-    log_probs_BxKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV)).reshape(B, K, V)
+    log_probs_BKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV))
+    if cfg.constrained:
+      log_probs_BKxV = jnp.where(
+          grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position), log_probs_BKxV,
+          -jnp.inf)
+    log_probs_BxKxV = log_probs_BKxV.reshape(B, K, V)
     expanded_BxKV = (s.alive_log_probs_BxK[..., None] + log_probs_BxKxV).reshape(B, K * V)
     top_log_probs_Bx2K, top_idx_Bx2K = jax.lax.top_k(expanded_BxKV, 2 * K)
     beam_Bx2K, token_Bx2K = top_idx_Bx2K // V, (top_idx_Bx2K % V).astype(jnp.int32)

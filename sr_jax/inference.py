@@ -18,6 +18,9 @@ Deviations from E2E, on purpose:
   a formula even when no decoded candidate is valid.
 - A candidate reading a column the data lacks is dropped and counted (E2E's
   `rescale_function` loops forever on it).
+- Decoding is grammar-constrained by default (decoding.grammar_mask): tokens that
+  would make a malformed float or a formula that cannot end by max_len are masked,
+  so no candidate is wasted; E2E samples unconstrained and drops invalid ones.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class InferenceConfig:
   top_p: float = 1.0
   length_penalty: float = 1.0
   max_len: int = 128  # decoded tokens, BOS and EOS included
+  constrained: bool = True  # grammar-masked decoding: every candidate parses
   max_points_per_bag: int = 200
   max_bags: int = 10
   decode_batch: int = 32  # bags per decoding call (a fixed shape: one compile)
@@ -361,9 +365,10 @@ def _decode(model: Transformer, bags: list, config: InferenceConfig, clock: _Clo
   methods = [decoding.DecodeConfig(
       config.method, 1 if config.method == "greedy" else config.num_candidates,
       config.temperature, config.top_k, config.top_p, config.length_penalty,
-      config.max_len, config.seed)]
+      config.max_len, config.seed, config.constrained)]
   if config.include_greedy and config.method != "greedy":
-    methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len))
+    methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len,
+                                         constrained=config.constrained))
   # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.
   devices = jax.device_count()
   batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())

@@ -179,3 +179,80 @@ def test_config_errors(model, batch):
     DecodeConfig("sample", temperature=0.0)
   with pytest.raises(ValueError):
     decode(model, *batch, DecodeConfig(max_len=model.config.max_target_len + 1))
+
+
+def _completes(words, max_len):
+  """Independent oracle: can `words` (BOS first) be completed into a formula that
+  tokens.decode_expression accepts, EOS included, within max_len tokens? Completes a
+  started float, then fills every missing operand with x_0."""
+  words = list(words)
+  if words[-1] in tokens.SIGN_WORDS:
+    words += ["N1000", "E0"]
+  elif words[-1] in tokens.MANTISSA_WORDS:
+    words += ["E0"]
+  if words[-1] == tokens.EOS:
+    completed = words
+  else:
+    needed = 1
+    i = 1
+    while i < len(words):
+      w = words[i]
+      if w in tokens.SIGN_WORDS:
+        needed -= 1
+        i += 3
+        continue
+      needed += (decoding.operators.OPERATORS[w].arity - 1
+                 if w in decoding.operators.OPERATORS else -1)
+      i += 1
+    if needed < 0:
+      return False
+    completed = words + ["x_0"] * needed + [tokens.EOS]
+  if len(completed) > max_len:
+    return False
+  try:
+    ids = tokens.DECODER_VOCAB.encode_words(completed)
+    tokens.decode_expression(ids)
+  except Exception:
+    return False
+  return True
+
+
+def test_grammar_mask_allows_exactly_the_completable_tokens():
+  rng = np.random.default_rng(0)
+  vocab = tokens.DECODER_VOCAB
+  candidates = ["add", "mul", "sin", "x_1", "+", "N1234", "E-2", tokens.EOS, "pow2"]
+  max_len = 12
+  for _ in range(30):
+    words = [tokens.BOS]
+    while True:  # a random valid partial sequence, grown with the mask itself
+      row = np.full((1, max_len), PAD_ID, np.int32)
+      row[0, :len(words)] = vocab.encode_words(words)
+      mask = np.asarray(decoding.grammar_mask(jnp.asarray(row), jnp.int32(len(words) - 1)))[0]
+      for word in candidates:
+        assert mask[vocab.ids[word]] == _completes(words + [word], max_len), (words, word)
+      allowed = np.flatnonzero(mask)
+      choice = vocab.words[int(rng.choice(allowed))]
+      words.append(choice)
+      if choice == tokens.EOS:
+        break
+    assert tokens.decode_expression(vocab.encode_words(words)) and len(words) <= max_len
+
+
+@pytest.mark.parametrize("method, count", [("greedy", 1), ("sample", 4), ("beam", 3)])
+def test_constrained_decoding_always_parses(method, count):
+  """An untrained full-vocabulary model writes junk unconstrained; constrained, every
+  candidate is a valid formula, even with little room (max_len 12)."""
+  model = Transformer(model_config("debug", max_target_len=16), rngs=nnx.Rngs(1))
+  points = jnp.asarray(np.random.default_rng(0).integers(
+      1, model.config.encoder_vocab_size, (2, N, model.config.point_tokens), dtype=np.int32))
+  mask = jnp.ones((2, N), bool)
+  cfg = DecodeConfig(method, num_candidates=count, max_len=12, constrained=True)
+  result = decode(model, points, mask, cfg)
+  prefixes, invalid = to_prefixes(result.tokens_BxCxL)
+  assert invalid == 0 and all(p for row in prefixes for p in row)
+  _, invalid_free = to_prefixes(decode(model, points, mask, dataclasses.replace(
+      cfg, constrained=False)).tokens_BxCxL)
+  assert invalid_free > 0
+  with pytest.raises(ValueError, match="decoder vocabulary"):
+    small = Transformer(model_config("debug", decoder_vocab_size=64), rngs=nnx.Rngs(0))
+    decode(small, points, mask, cfg)
