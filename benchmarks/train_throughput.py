@@ -6,10 +6,13 @@
 One fixed batch shape (every example at the largest point bucket, N=200, targets of 128
 tokens) so each size compiles once; the batch is generated before timing, so the
 numbers are the device's, not the input pipeline's (see benchmarks/generator.py).
-MFU uses the analytic FLOP count (sr_jax/flops.py) and the peak table there.
+MFU uses the analytic FLOP count (sr_jax/flops.py) and the peak table there. Rates use
+the median step time; the fastest step and the 1-minute load average are printed too,
+because on a shared machine other jobs inflate the median.
 """
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -54,7 +57,7 @@ def measure(size: str, points_per_batch: int, dtype: str, steps: int) -> dict:
   peak = flops.device_peak_flops(jax.devices()[0], dtype)
   num_params = model.count_params(nnx.merge(graphdef, state)[0])
   return dict(size=size, params_m=num_params / 1e6, batch=int(examples),
-              step_s=seconds, compile_s=compile_seconds,
+              step_s=seconds, min_step_s=min(times), compile_s=compile_seconds,
               examples_s=examples / seconds, tokens_s=target_tokens / seconds,
               point_tokens_s=examples * 200 / seconds,
               tflops=flops_per_step / seconds / 1e12 / jax.device_count(),
@@ -70,14 +73,16 @@ def main():
   args = parser.parse_args()
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, dtype {args.dtype}, "
         f"{args.points_per_batch} points per batch (N=200)")
-  header = (f"{'size':>7} {'params':>8} {'batch':>5} {'step s':>8} {'compile s':>9} "
-            f"{'ex/s':>8} {'tgt tok/s':>10} {'pt tok/s':>9} {'TFLOP/s':>8} {'MFU':>6}")
+  header = (f"{'size':>7} {'params':>8} {'batch':>5} {'step s':>8} {'min s':>7} "
+            f"{'compile s':>9} {'ex/s':>8} {'tgt tok/s':>10} {'pt tok/s':>9} {'TFLOP/s':>8} "
+            f"{'MFU':>6} {'load':>5}")
   print(header)
   for size in args.sizes.split(","):
     r = measure(size, args.points_per_batch, args.dtype, args.steps)
     print(f"{r['size']:>7} {r['params_m']:7.1f}M {r['batch']:5d} {r['step_s']:8.3f} "
-          f"{r['compile_s']:9.1f} {r['examples_s']:8.1f} {r['tokens_s']:10.0f} "
-          f"{r['point_tokens_s']:9.0f} {r['tflops']:8.4f} {r['mfu']:6.1%}", flush=True)
+          f"{r['min_step_s']:7.3f} {r['compile_s']:9.1f} {r['examples_s']:8.1f} "
+          f"{r['tokens_s']:10.0f} {r['point_tokens_s']:9.0f} {r['tflops']:8.4f} "
+          f"{r['mfu']:6.1%} {os.getloadavg()[0]:5.1f}", flush=True)
 
 
 if __name__ == "__main__":

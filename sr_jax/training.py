@@ -119,10 +119,14 @@ def _token_loss(model, batch):
   return jnp.sum(losses * weights), (jnp.sum(weights), jnp.sum(correct))
 
 
-def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
-  """One optimizer step; with grad_accum_steps > 1 the batch is split into that many
-  micro-batches whose gradients are summed in a lax.scan before a single update."""
-  model, optimizer = nnx.merge(graphdef, state)
+def loss_and_grads(model, batch, grad_accum_steps: int = 1):
+  """Gradients of the mean token cross-entropy w.r.t. the model's nnx.Param state.
+
+  Returns (grads, sums): grads already divided by the batch's real target-token count
+  (E2E's mean over tokens), sums = [loss_sum, token_count, correct_count]. With
+  grad_accum_steps > 1 the batch is split into that many micro-batches whose summed
+  gradients are accumulated in a lax.scan, so one micro-batch's activations live at a time.
+  """
   model_graphdef, params, others = nnx.split(model, nnx.Param, ...)
 
   def loss_of(params, micro_batch):  # pure in params, so it may run inside a scan
@@ -147,7 +151,15 @@ def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
     zeros = jax.tree.map(jnp.zeros_like, (params, jnp.zeros(3)))
     (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
   count = jnp.maximum(sums[1], 1.0)
-  grads = jax.tree.map(lambda g: g / count, grads)  # mean over tokens, as E2E
+  return jax.tree.map(lambda g: g / count, grads), sums
+
+
+def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
+  """One optimizer step on the gradients of `loss_and_grads`."""
+  model, optimizer = nnx.merge(graphdef, state)
+  grads, sums = loss_and_grads(model, batch, grad_accum_steps)
+  count = jnp.maximum(sums[1], 1.0)
+  param_norm = optax.tree.norm(nnx.state(model, nnx.Param))
   step = optimizer.step[...]
   optimizer.update(model, grads)
   metrics = {
@@ -155,7 +167,7 @@ def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
       "token_accuracy": sums[2] / count,
       "target_tokens": sums[1],
       "grad_norm": optax.tree.norm(grads),
-      "param_norm": optax.tree.norm(params),
+      "param_norm": param_norm,
       "learning_rate": lr_schedule(step),
   }
   return nnx.state((model, optimizer)), metrics
@@ -240,9 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         last_metrics = _log(pending, writer, progress, cfg, window, window_start, peak)
         if last_metrics:
           window_start, window = time.time(), [0.0, 0.0, 0.0]
-      window[0] += float(np.sum(host_batch["example_mask_B"]))
-      window[1] += float(np.sum(host_batch["target_mask_BxL"]))
-      window[2] += _flops_per_batch(cfg, host_batch)
+      # host_batch is this process's rows; every process holds as many (data.py), so
+      # the global batch is process_count times these (target tokens: an estimate).
+      window[0] += float(np.sum(host_batch["example_mask_B"])) * jax.process_count()
+      window[1] += float(np.sum(host_batch["target_mask_BxL"])) * jax.process_count()
+      window[2] += _flops_per_batch(cfg, host_batch) * jax.process_count()
       pending = (step + 1, metrics)
       done = step + 1
       if done % cfg.train.eval_every == 0 or done == cfg.train.num_steps:
