@@ -28,7 +28,8 @@ from flax import nnx, struct
 
 from sr_jax import expressions, operators, tokens
 from sr_jax.model import Transformer
-from sr_jax.tokens import BOS, DECODER_VOCAB, EOS, decode_expression
+from sr_jax.tokens import BOS, DECODER_VOCAB, ENCODER_VOCAB, EOS, INPUT_PAD, TOKENS_PER_FLOAT
+from sr_jax.tokens import decode_expression
 
 PAD_ID = DECODER_VOCAB.pad_id
 BOS_ID = DECODER_VOCAB.ids[BOS]
@@ -42,7 +43,8 @@ class DecodeConfig:
   max_len counts BOS and EOS (128, as the training targets) and must fit the model's
   max_target_len. length_penalty is alpha in score = sum log p / len ** alpha.
   constrained: every step masks the tokens after which no valid formula could end by
-  max_len (see `grammar_mask`), so every candidate parses; E2E decodes unconstrained
+  max_len, and variables the input lacks (see `grammar_mask`), so every candidate
+  parses and reads only its data's features; E2E decodes unconstrained
   and drops the invalid ones. Needs the model to use tokens.DECODER_VOCAB."""
   method: str = "greedy"
   num_candidates: int = 1
@@ -117,10 +119,11 @@ def _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg: DecodeC
   C = cfg.num_candidates
   enc_BCxNxD = jnp.repeat(enc_BxNxD, C, axis=0)
   mask_BCxN = jnp.repeat(point_mask_BxN, C, axis=0)
+  dims_BC = jnp.repeat(input_dimensions(points_BxNxT), C, axis=0)
   if cfg.method == "beam":
-    tokens_BxCxL, log_probs_BxC = _beam_search(model, enc_BCxNxD, mask_BCxN, cfg)
+    tokens_BxCxL, log_probs_BxC = _beam_search(model, enc_BCxNxD, mask_BCxN, dims_BC, cfg)
   else:
-    tokens_BCxL, log_probs_BC = _sample(model, enc_BCxNxD, mask_BCxN, cfg, rng)
+    tokens_BCxL, log_probs_BC = _sample(model, enc_BCxNxD, mask_BCxN, dims_BC, cfg, rng)
     B = points_BxNxT.shape[0]
     tokens_BxCxL = tokens_BCxL.reshape(B, C, cfg.max_len)
     log_probs_BxC = log_probs_BC.reshape(B, C)
@@ -169,14 +172,17 @@ _OTHER, _SYMBOL, _SIGN, _MANTISSA, _EXPONENT, _END = range(6)
 
 
 @functools.lru_cache(maxsize=1)
-def _grammar_tables() -> tuple[np.ndarray, np.ndarray]:
+def _grammar_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """kind, operand-count change and variable index (-1: not a variable) per token id."""
   kind_V = np.full(len(DECODER_VOCAB), _OTHER, np.int32)
   delta_V = np.zeros(len(DECODER_VOCAB), np.int32)
+  variable_V = np.full(len(DECODER_VOCAB), -1, np.int32)
   for i, word in enumerate(DECODER_VOCAB.words):
     if word in operators.OPERATORS:
       kind_V[i], delta_V[i] = _SYMBOL, operators.OPERATORS[word].arity - 1
     elif operators.variable_index(word) is not None:
       kind_V[i], delta_V[i] = _SYMBOL, -1
+      variable_V[i] = operators.variable_index(word)
     elif word in tokens.SIGN_WORDS:
       kind_V[i], delta_V[i] = _SIGN, -1
     elif word in tokens.MANTISSA_WORDS:
@@ -185,17 +191,26 @@ def _grammar_tables() -> tuple[np.ndarray, np.ndarray]:
       kind_V[i] = _EXPONENT
     elif word == EOS:
       kind_V[i] = _END
-  return kind_V, delta_V
+  return kind_V, delta_V, variable_V
 
 
-def grammar_mask(tokens_BxL: jax.Array, position: jax.Array) -> jax.Array:
+def input_dimensions(points_BxNxT: jax.Array) -> jax.Array:
+  """Features per input, read off the first point's tokens: x slots (3 tokens each)
+  holding INPUT_PAD are missing dimensions."""
+  x_slots_BxD = points_BxNxT[:, 0, :-TOKENS_PER_FLOAT:TOKENS_PER_FLOAT]
+  return jnp.sum(x_slots_BxD != ENCODER_VOCAB.ids[INPUT_PAD], axis=1)
+
+
+def grammar_mask(tokens_BxL: jax.Array, position: jax.Array,
+                 dims_B: jax.Array | None = None) -> jax.Array:
   """Which tokens may follow tokens_BxL[:, :position + 1] (BOS first) so that the row is
   still the start of a valid formula that can end, EOS included, within L tokens.
 
   A float is sign, mantissa, exponent in that order; EOS comes exactly when no operand
   is missing; an operator, variable or float is allowed only if the operands it leaves
-  missing can still be filled with one-token variables before the last slot."""
-  kind_V, delta_V = map(jnp.asarray, _grammar_tables())
+  missing can still be filled with one-token variables before the last slot. With
+  dims_B, row b may only use variables x_0 .. x_{dims_B[b] - 1}."""
+  kind_V, delta_V, variable_V = map(jnp.asarray, _grammar_tables())
   L = tokens_BxL.shape[1]
   written_BxL = jnp.arange(L) <= position
   needed_B = 1 + jnp.sum(jnp.where(written_BxL, delta_V[tokens_BxL], 0), axis=1)
@@ -205,6 +220,8 @@ def grammar_mask(tokens_BxL: jax.Array, position: jax.Array) -> jax.Array:
   needed_after_BxV = needed_B[:, None] + delta_V[None, :]
   fits_BxV = cost_V[None, :] + needed_after_BxV + 1 <= slots
   opens_BxV = ((kind_V == _SYMBOL) | (kind_V == _SIGN))[None, :] & (needed_B > 0)[:, None]
+  if dims_B is not None:
+    opens_BxV &= variable_V[None, :] < dims_B[:, None]
   ends_BxV = (kind_V == _END)[None, :] & (needed_B == 0)[:, None]
   free_BxV = (opens_BxV & fits_BxV) | ends_BxV
   return jnp.where((last_kind_B == _SIGN)[:, None], (kind_V == _MANTISSA)[None, :],
@@ -216,7 +233,7 @@ def _initial_tokens(batch: int, max_len: int) -> jax.Array:
   return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
 
 
-def _sample(model, enc_BxNxD, mask_BxN, cfg: DecodeConfig, rng):
+def _sample(model, enc_BxNxD, mask_BxN, dims_B, cfg: DecodeConfig, rng):
   """Greedy (argmax) or ancestral sampling from softmax(logits / temperature)."""
   B, L = enc_BxNxD.shape[0], cfg.max_len
 
@@ -228,7 +245,8 @@ def _sample(model, enc_BxNxD, mask_BxN, cfg: DecodeConfig, rng):
     logits_BxV, cache = model.decode_step(token_Bx1, s.cache, enc_BxNxD, mask_BxN, s.position)
     allowed_BxV = _mask_specials(logits_BxV)
     if cfg.constrained:
-      allowed_BxV = jnp.where(grammar_mask(s.tokens_BxL, s.position), allowed_BxV, -jnp.inf)
+      allowed_BxV = jnp.where(grammar_mask(s.tokens_BxL, s.position, dims_B), allowed_BxV,
+                              -jnp.inf)
     if cfg.method == "greedy":
       next_B = jnp.argmax(allowed_BxV, axis=-1)
     else:
@@ -247,7 +265,7 @@ def _sample(model, enc_BxNxD, mask_BxN, cfg: DecodeConfig, rng):
   return final.tokens_BxL, final.log_probs_B
 
 
-def _beam_search(model, enc_BKxNxD, mask_BKxN, cfg: DecodeConfig):
+def _beam_search(model, enc_BKxNxD, mask_BKxN, dims_BK, cfg: DecodeConfig):
   """E2E's (XLM's) beam search with early stopping: each step takes the top 2K expansions of
   the K alive beams; EOS expansions ranked before the K-th non-EOS one become finished
   hypotheses, the top K non-EOS ones stay alive. An input is done once it has K finished
@@ -274,7 +292,8 @@ def _beam_search(model, enc_BKxNxD, mask_BKxN, cfg: DecodeConfig):
     log_probs_BKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV))
     if cfg.constrained:
       log_probs_BKxV = jnp.where(
-          grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position), log_probs_BKxV,
+          grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position, dims_BK),
+          log_probs_BKxV,
           -jnp.inf)
     log_probs_BxKxV = log_probs_BKxV.reshape(B, K, V)
     expanded_BxKV = (s.alive_log_probs_BxK[..., None] + log_probs_BxKxV).reshape(B, K * V)

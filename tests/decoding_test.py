@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sr_jax import decoding, tokens
+from sr_jax import data, decoding, expressions, tokens
 from sr_jax.decoding import BOS_ID, EOS_ID, PAD_ID, DecodeConfig, decode, to_prefixes
 from sr_jax.model import Transformer, model_config
 from sr_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh
@@ -250,9 +250,25 @@ def test_constrained_decoding_always_parses(method, count):
   result = decode(model, points, mask, cfg)
   prefixes, invalid = to_prefixes(result.tokens_BxCxL)
   assert invalid == 0 and all(p for row in prefixes for p in row)
+  # Random point tokens fill all 10 x slots; real inputs with D < 10 pad the rest.
+  assert np.all(np.asarray(decoding.input_dimensions(points)) == 10)
   _, invalid_free = to_prefixes(decode(model, points, mask, dataclasses.replace(
       cfg, constrained=False)).tokens_BxCxL)
   assert invalid_free > 0
   with pytest.raises(ValueError, match="decoder vocabulary"):
     small = Transformer(model_config("debug", decoder_vocab_size=64), rngs=nnx.Rngs(0))
     decode(small, points, mask, cfg)
+
+
+def test_constrained_decoding_reads_only_the_input_features():
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(2))
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, N, 2))
+  samples = [type("S", (), {"x": x[b], "y": x[b, :, 0]})() for b in range(2)]
+  points = jnp.asarray(data.tokenize_points(samples, N))
+  assert np.all(np.asarray(decoding.input_dimensions(points)) == 2)
+  cfg = DecodeConfig("sample", num_candidates=8, max_len=24, constrained=True)
+  prefixes, invalid = to_prefixes(decode(model, points, jnp.ones((2, N), bool), cfg).tokens_BxCxL)
+  assert invalid == 0
+  used = set().union(*(expressions.variables_used(p) for row in prefixes for p in row))
+  assert used and used <= {0, 1}
