@@ -89,10 +89,12 @@ def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose) -> list[dict
   output = inference.run(model, [(s[0], s[1]) for s in splits], config.inference,
                          propose=propose)
   seconds_per_task = (time.perf_counter() - begin) / len(chunk)
+  # Each task's share of the chunk's stage times: summed over rows they give the run's.
+  stage_share = {stage: s / len(chunk) for stage, s in output.seconds.items()}
   rows = []
   for (problem, noise, seed), split, result in zip(chunk, splits, output.results):
     rows.append(_row(problem, noise, seed, split, result, config, seconds_per_task,
-                     output.seconds))
+                     stage_share))
   return rows
 
 
@@ -116,7 +118,7 @@ def _row(problem: suites.Problem, noise: float, seed: int, split, result, config
          "refined": best.refined, "train_r2": best.r2,
          "num_decoded": result.num_decoded, "num_invalid": result.num_invalid,
          "notes": list(result.notes), "seconds": seconds,
-         "stage_seconds_chunk": stage_seconds,
+         "stage_seconds": stage_seconds,
          **{f"test_{k}": _plain(v) for k, v in metrics.compute_metrics(y_test,
                                                                         prediction).items()},
          "curve_true": y_test[:CURVE_POINTS].tolist(),

@@ -49,7 +49,11 @@ def summary(rows: list[dict]) -> pd.DataFrame:
 
 def markdown(rows: list[dict], title: str) -> str:
   table = summary(rows)
-  lines = [f"# {title}", "", _markdown_table(table), "", "## Published numbers", "",
+  stages = pd.DataFrame([row.get("stage_seconds", {}) for row in rows]).sum()
+  timing = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
+  lines = [f"# {title}", "", _markdown_table(table), "",
+           f"Pipeline seconds by stage over {len(rows)} tasks: {timing} "
+           "(SRBench checks and metrics not included).", "", "## Published numbers", "",
            "| suite | system | number |", "|---|---|---|"]
   for suite in sorted(set(table["suite"])):
     for system, text in PUBLISHED.get(suite, []):

@@ -72,7 +72,9 @@ def test_rows_summary_and_plots(tmp_path):
   table = report.summary(rows)
   assert list(table["datasets"]) == [3, 3]
   assert table.loc[table["noise"] == 0, "R2>0.999"].item() == 1.0
-  assert "| toy | 0.000 | 3 | 1.000 | 1.000 |" in open(paths["summary"]).read()
+  text = open(paths["summary"]).read()
+  assert "| toy | 0.000 | 3 | 1.000 | 1.000 |" in text
+  assert "Pipeline seconds by stage over 6 tasks: prepare" in text and "refine" in text
   assert len(pd.read_csv(paths["csv"])) == 6
 
 
