@@ -1,13 +1,15 @@
 """Compiles a batch of prefix expressions into fixed-shape arrays for the interpreter.
 
-Each expression becomes a *node buffer* in postfix order: children come before their
-parent and the root is always the last node, so the interpreter can fill the buffer
-front to back and read the result at index L-1. Child indices are computed here, on
-the host, once; the interpreter never runs a stack.
+Each expression becomes a buffer of L *operator* nodes in postfix order: children
+come before their parent and the root is always node L-1, so the interpreter fills
+the buffer front to back. Leaves are not nodes (half of a tree's nodes are leaves,
+and evaluating the operator table on them would be wasted): an operand index
+r < L names operator node r, L + k names constant slot k, and L + K + d names
+column d of x. Child indices are computed here, on the host, once.
 
-Shapes are padded to a few buckets (node count and constant count), so `jax.jit`
-compiles once per bucket rather than once per expression. Padding nodes sit at the
-front of the buffer as unreferenced constants.
+Shapes are padded to a few buckets (operator count and constant count), so
+`jax.jit` compiles once per bucket rather than once per expression. Padding nodes
+sit at the front and refer to themselves, which marks them for the interpreter.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import numpy as np
 from sr_jax import expressions
 from sr_jax import operators
 
-OP_CONSTANT = 0
-OP_VARIABLE = 1
+# Identity: the root of a one-leaf expression, and padding.
+OP_IDENTITY = 0
 # Operator opcodes follow the operator table's order.
-OPCODES = {name: i + 2 for i, name in enumerate(operators.OPERATORS)}
+OPCODES = {name: i + 1 for i, name in enumerate(operators.OPERATORS)}
 
 LENGTH_BUCKETS = (4, 8, 12, 16, 24, 32, 48, 64)
 CONSTANT_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -37,27 +39,37 @@ def bucket(size: int, buckets: Sequence[int]) -> int:
   return -(-size // buckets[-1]) * buckets[-1]
 
 
+def num_operator_nodes(prefix: expressions.Prefix) -> int:
+  """Buffer rows the expression needs: its operators (a lone leaf needs one)."""
+  return max(1, sum(1 for t in prefix
+                    if isinstance(t, str) and t in operators.OPERATORS))
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
-  """B expressions as arrays of L nodes and K constant slots (numpy, host side).
+  """B expressions as arrays of L operator nodes and K constant slots (numpy).
 
-  For node i: `opcode_BxL` says what it computes; `left_BxL` / `right_BxL` index its
-  operands in the same buffer (unused ones point at the node itself); `leaf_BxL` is
-  the constant slot of a constant or the column of a variable.
+  For node i: `opcode_BxL` says what it computes and `left_BxL` / `right_BxL` index
+  its operands (see the module docstring; a unary operator has left == right).
+  For reverse-mode Jacobians, every node and constant slot records the row of the
+  partials buffer (row 2j: d node j / d left, row 2j+1: d node j / d right) that
+  holds its parent's derivative with respect to it: `edge_BxL`, `constant_edge_BxK`
+  (the root, padding and unused slots point at row 0; they are never read).
   """
 
   opcode_BxL: np.ndarray
   left_BxL: np.ndarray
   right_BxL: np.ndarray
-  leaf_BxL: np.ndarray
+  edge_BxL: np.ndarray
+  constant_edge_BxK: np.ndarray
   constants_BxK: np.ndarray
   num_constants_B: np.ndarray
-  num_nodes_B: np.ndarray
+  num_nodes_B: np.ndarray  # prefix length
 
   @property
   def arrays(self) -> tuple[np.ndarray, ...]:
-    """The structure arrays the interpreter takes, in its argument order."""
-    return self.opcode_BxL, self.left_BxL, self.right_BxL, self.leaf_BxL
+    """The structure arrays `interpreter.evaluate_one` takes, in its order."""
+    return self.opcode_BxL, self.left_BxL, self.right_BxL
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -65,39 +77,43 @@ class Program:
     return (*self.opcode_BxL.shape, self.constants_BxK.shape[1])
 
 
-def _compile_one(prefix: expressions.Prefix, length: int, opcode, left, right, leaf,
-                 constants) -> None:
+def _compile_one(prefix: expressions.Prefix, length: int, num_slots: int, opcode, left,
+                 right, edge, constant_edge, constants) -> None:
   """Fills one row of the program arrays (root at index length-1)."""
-  start = length - len(prefix)
-  # Reversed prefix order puts every subtree before its parent, so walking the
-  # prefix backwards with a stack of operand positions gives a valid node order.
-  nodes = []  # (prefix position, token, operand prefix positions)
+  slot = 0
+  slot_of = {}  # prefix position -> constant slot, numbered in prefix order
+  for position, token in enumerate(prefix):
+    if not isinstance(token, str):
+      slot_of[position] = slot
+      constants[slot] = float(token)
+      slot += 1
+  row = length - num_operator_nodes(prefix)
+  # Reversed prefix order puts every subtree before its parent; the stack holds
+  # operand indices (rows or leaves).
   stack: list[int] = []
+
+  def add_node(code: int, operands: list[int]) -> None:
+    nonlocal row
+    opcode[row], left[row], right[row] = code, operands[0], operands[-1]
+    for side, operand in enumerate(operands):
+      if operand < length:
+        edge[operand] = 2 * row + side
+      elif operand < length + num_slots:
+        constant_edge[operand - length] = 2 * row + side
+    stack.append(row)
+    row += 1
+
   for position in range(len(prefix) - 1, -1, -1):
     token = prefix[position]
-    arity = operators.OPERATORS[token].arity if token in operators.OPERATORS else 0
-    operands = [stack.pop() for _ in range(arity)]
-    nodes.append((position, token, operands))
-    stack.append(position)
-  slot_of = {p: start + i for i, (p, _, _) in enumerate(nodes)}
-  num_constants = 0
-  constant_slot = {}
-  for p in sorted(slot_of):  # constant slots numbered in prefix order
-    if not isinstance(prefix[p], str):
-      constant_slot[p] = num_constants
-      constants[num_constants] = float(prefix[p])
-      num_constants += 1
-  for p, token, operands in nodes:
-    s = slot_of[p]
-    left[s] = right[s] = s
     if not isinstance(token, str):
-      opcode[s], leaf[s] = OP_CONSTANT, constant_slot[p]
+      stack.append(length + slot_of[position])
     elif token in operators.OPERATORS:
-      opcode[s] = OPCODES[token]
-      left[s] = slot_of[operands[0]]
-      right[s] = slot_of[operands[-1]]
+      add_node(OPCODES[token],
+               [stack.pop() for _ in range(operators.OPERATORS[token].arity)])
     else:
-      opcode[s], leaf[s] = OP_VARIABLE, operators.variable_index(token)
+      stack.append(length + num_slots + operators.variable_index(token))
+  if len(prefix) == 1:
+    add_node(OP_IDENTITY, [stack.pop()])
 
 
 def compile_batch(prefixes: Sequence[expressions.Prefix], length: int | None = None,
@@ -106,9 +122,9 @@ def compile_batch(prefixes: Sequence[expressions.Prefix], length: int | None = N
   """Compiles prefixes into one bucketed Program.
 
   `length` / `num_constant_slots` force the padded sizes (default: buckets of the
-  longest expression and the largest constant count). With `num_features`, an
-  expression reading a column the data lacks raises ExpressionError here instead of
-  silently reading a clipped column later.
+  most operator nodes and the most constants). With `num_features`, an expression
+  reading a column the data lacks raises ExpressionError here instead of silently
+  reading a clipped column later.
   """
   for prefix in prefixes:
     expressions.validate(prefix)
@@ -116,26 +132,28 @@ def compile_batch(prefixes: Sequence[expressions.Prefix], length: int | None = N
     if num_features is not None and used and max(used) >= num_features:
       raise expressions.ExpressionError(
           f"expression uses x_{max(used)} but the data has {num_features} feature(s)")
-  longest = max((len(p) for p in prefixes), default=1)
-  most_constants = max((expressions.num_constants(p) for p in prefixes), default=0)
-  length = length or bucket(longest, LENGTH_BUCKETS)
+  num_constants = np.array([expressions.num_constants(p) for p in prefixes], np.int32)
+  most_operators = max((num_operator_nodes(p) for p in prefixes), default=1)
+  most_constants = int(num_constants.max(initial=0))
+  length = length or bucket(most_operators, LENGTH_BUCKETS)
   num_constant_slots = num_constant_slots or bucket(max(most_constants, 1),
                                                     CONSTANT_BUCKETS)
-  if longest > length or most_constants > num_constant_slots:
-    raise ValueError(f"expressions need {longest} nodes and {most_constants} "
-                     f"constants; got length={length}, slots={num_constant_slots}")
+  if most_operators > length or most_constants > num_constant_slots:
+    raise ValueError(f"expressions need {most_operators} operator nodes and "
+                     f"{most_constants} constants; got length={length}, "
+                     f"slots={num_constant_slots}")
   batch = len(prefixes)
-  opcode = np.zeros((batch, length), np.int32)
-  leaf = np.zeros((batch, length), np.int32)
+  opcode = np.full((batch, length), OP_IDENTITY, np.int32)
   left = np.tile(np.arange(length, dtype=np.int32), (batch, 1))
   right = left.copy()
+  edge = np.zeros((batch, length), np.int32)
+  constant_edge = np.zeros((batch, num_constant_slots), np.int32)
   constants = np.zeros((batch, num_constant_slots), np.float64)
   for b, prefix in enumerate(prefixes):
-    _compile_one(prefix, length, opcode[b], left[b], right[b], leaf[b], constants[b])
-  return Program(
-      opcode, left, right, leaf, constants,
-      np.array([expressions.num_constants(p) for p in prefixes], np.int32),
-      np.array([len(p) for p in prefixes], np.int32))
+    _compile_one(prefix, length, num_constant_slots, opcode[b], left[b], right[b],
+                 edge[b], constant_edge[b], constants[b])
+  return Program(opcode, left, right, edge, constant_edge, constants, num_constants,
+                 np.array([len(p) for p in prefixes], np.int32))
 
 
 def with_constants(prefix: expressions.Prefix, constants: Sequence[float]) -> list:

@@ -1,14 +1,17 @@
 """Batched refinement of expression constants: a JAX replacement for per-expression BFGS.
 
 E2E refines each candidate's constants with scipy BFGS, one expression at a time
-(reference.md 5.3). Here B expressions, each with its own dataset, are refined in one
-jitted `lax.while_loop` per bucket shape: Levenberg-Marquardt (default) or L-BFGS,
-a fixed iteration budget, and an early exit once every expression has converged.
+(reference.md 5.3). Here all expressions of a call stream through B *slots* of one
+jitted Levenberg-Marquardt (default) or L-BFGS loop: every `sync_every` iterations
+the host hands the slots whose expression has finished to waiting ones, so no slot
+idles behind a slow neighbour. A call has one shape (B slots x L nodes x K constants
+x N points, each bucketed), hence one compiled program; points are evaluated in
+chunks and a step only runs the chunks its slots' datasets fill.
 
-Jacobians use forward mode (`jax.jacfwd`): expressions have few constants, and forward
-mode keeps each data point's derivatives separate, so a NaN at one (masked) point
-cannot leak into the others. An expression keeps its best finite constants; if its
-loss is never finite it keeps its start and gets status NON_FINITE.
+LM needs the Jacobian of the residuals, one row per point; `interpreter` gets it with
+one reverse sweep over the expression tree (a NaN at one masked point stays in its
+own row). An expression keeps its best finite constants; if its loss is never finite
+it keeps its start and gets status NON_FINITE.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ import optax
 from sr_jax import compiler
 from sr_jax import expressions
 from sr_jax import interpreter
+from sr_jax import operators
 
+# A call pads all its expressions to one bucket of operator nodes, of constants and
+# of points, and x to the language's 10 variables: calls of any size share a few
+# compiled programs (the node loop skips padding rows: coarse length buckets are
+# cheap).
 POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
+OPERATOR_BUCKETS = (16, 32, 64)
+CONSTANT_BUCKETS = (4, 8, 16, 32)
 
 
 class Status(enum.IntEnum):
   CONVERGED = 0  # relative loss change below tolerance
   MAX_ITERS = 1  # budget spent; the best constants so far are returned
   NO_CONSTANTS = 2  # nothing to refine; loss and R2 are still reported
-  NO_DATA = 3  # no point with finite x and y
+  NO_DATA = 3  # no point with finite x and y (loss and R2 are NaN)
   NON_FINITE = 4  # the loss was not finite at any constants tried
 
 
@@ -44,17 +54,20 @@ class RefineConfig:
   max_iters: int = 100
   max_points: int = 1024  # E2E refines on the first 1024 points
   ftol: float = 1e-9  # converged when the relative loss change is below this
+  # (or below 8 ulp of the working precision, which float32 cannot resolve)
   initial_damping: float = 1e-3  # LM lambda, relative to diag(J^T J)
   n_starts: int = 1  # starts per expression: the given constants + perturbed ones
   start_log_scale: float = 0.3  # perturbed start: c * exp(s * N(0,1)) + a * N(0,1)
   start_shift: float = 0.1
   seed: int = 0
-  batch_size: int = 256  # expressions x starts per jitted call
+  batch_size: int = 8  # slots: expressions x starts refined side by side
+  sync_every: int = 8  # iterations between refills of finished slots
 
   def __post_init__(self):
     if self.method not in ("lm", "lbfgs"):
       raise ValueError(f"method must be 'lm' or 'lbfgs', got {self.method!r}")
-    if self.n_starts < 1 or self.max_iters < 0 or self.max_points < 1:
+    if (self.n_starts < 1 or self.max_iters < 0 or self.max_points < 1
+        or self.batch_size < 1 or self.sync_every < 1):
       raise ValueError(f"invalid RefineConfig: {self}")
 
 
@@ -75,187 +88,259 @@ class RefineResult:
 
 
 # ---------------------------------------------------------------------------------
-# device side: one expression (vmapped), then the batch loop
+# device side. `slots` holds the B expressions being refined (program rows, start
+# constants, data); `state` their optimiser state. A *fresh* slot has just received
+# a new expression: its first iteration only evaluates the start.
 
 
-def _residuals(constants_K, program, x_NxD, y_N, mask_N):
-  """Residuals on valid points; invalid points give exactly 0 (a select, not a
-  product, so NaN values there do not leak)."""
-  prediction_N = interpreter.evaluate_one(*program, constants_K, x_NxD)
-  return jnp.where(mask_N, prediction_N - y_N, 0.0)
+def _point_chunk(num_points: int) -> int:
+  """Points evaluated together: a slot only pays for its dataset's chunks, but
+  chunks below ~1k elements per node step lose time to loop overhead (measured)."""
+  return min(num_points, 64 if num_points <= 256 else 128)
 
 
-def _residuals_and_jacobian(constants_K, program, x_NxD, y_N, mask_N):
-  fn = lambda c: (_residuals(c, program, x_NxD, y_N, mask_N),) * 2
-  jacobian_NxK, residuals_N = jax.jacfwd(fn, has_aux=True)(constants_K)
-  return residuals_N, jnp.where(mask_N[:, None], jacobian_NxK, 0.0)
+def _converged(old, new, config):
+  """The relative loss change is below ftol, or below what the dtype resolves."""
+  tolerance = max(config.ftol, 8 * float(jnp.finfo(old.dtype).eps))
+  change = jnp.abs(old - new) / jnp.maximum(jnp.abs(old), jnp.finfo(old.dtype).tiny)
+  return change <= tolerance
 
 
-def _mse(residuals_N, mask_N):
+def _evaluate(constants_BxK, slots, running_B):
+  """The normal equations' J^T J (B x K x K) and J^T r (B x K), and the MSE, over
+  chunks of points: only as many chunks as the largest running dataset needs.
+
+  Residuals are exactly 0 at invalid points (a select, so NaN there does not leak).
+  Jacobian entries at invalid points, inactive slots, or that are not finite are
+  dropped: the step is only a proposal, the loss decides.
+  """
+  batch, num_slots = constants_BxK.shape
+  chunk = _point_chunk(slots["y"].shape[1])
+  num_chunks = -(-jnp.max(jnp.where(running_B, slots["num_points"], 0)) // chunk)
+
+  def accumulate(c, totals):
+    gram_BxKxK, gradient_BxK, sse_B = totals
+    take = lambda a: jax.lax.dynamic_slice_in_dim(a, c * chunk, chunk, axis=1)
+    prediction_BxC, jacobian_BxKxC = interpreter.values_and_jacobian(
+        slots["opcode"], slots["left"], slots["right"], slots["edge"],
+        slots["constant_edge"], constants_BxK, take(slots["x"]))
+    mask_BxC = take(slots["mask"])
+    residuals_BxC = jnp.where(mask_BxC, prediction_BxC - take(slots["y"]), 0.0)
+    keep_BxKxC = (mask_BxC[:, None, :] & slots["active"][:, :, None]
+                  & jnp.isfinite(jacobian_BxKxC))
+    jacobian_BxKxC = jnp.where(keep_BxKxC, jacobian_BxKxC, 0.0)
+    return (gram_BxKxK + jnp.einsum("bkn,bjn->bkj", jacobian_BxKxC, jacobian_BxKxC),
+            gradient_BxK + jnp.einsum("bkn,bn->bk", jacobian_BxKxC, residuals_BxC),
+            sse_B + jnp.sum(residuals_BxC**2, axis=1))
+
+  zeros = lambda *shape: jnp.zeros(shape, constants_BxK.dtype)
+  gram_BxKxK, gradient_BxK, sse_B = jax.lax.fori_loop(
+      0, num_chunks, accumulate,
+      (zeros(batch, num_slots, num_slots), zeros(batch, num_slots), zeros(batch)))
+  count_B = jnp.maximum(jnp.sum(slots["mask"], axis=1), 1)
+  return gram_BxKxK, gradient_BxK, sse_B / count_B
+
+
+def _lm_blank(slots, config):
+  batch, num_slots = slots["start"].shape
+  dtype = slots["x"].dtype
+  return dict(constants=slots["start"],
+              gram=jnp.zeros((batch, num_slots, num_slots), dtype),
+              gradient=jnp.zeros((batch, num_slots), dtype),
+              loss=jnp.zeros(batch, dtype), damping=jnp.zeros(batch, dtype),
+              done=jnp.ones(batch, bool), converged=jnp.zeros(batch, bool),
+              iterations=jnp.zeros(batch, jnp.int32), fresh=jnp.zeros(batch, bool))
+
+
+def _lm_refill(state, slots, fresh_B, config):
+  return dict(state,
+              constants=jnp.where(fresh_B[:, None], slots["start"], state["constants"]),
+              damping=jnp.where(fresh_B, config.initial_damping, state["damping"]),
+              done=jnp.where(fresh_B, slots["idle"], state["done"]),
+              converged=state["converged"] & ~fresh_B,
+              iterations=jnp.where(fresh_B, 0, state["iterations"]), fresh=fresh_B)
+
+
+def _lm_step(state, slots, config):
+  """One damped Gauss-Newton step per slot; a step that does not lower the loss is
+  rejected and the damping raised. A fresh slot evaluates its start instead."""
+  gram_BxKxK, active_BxK, fresh_B = state["gram"], slots["active"], state["fresh"]
+  diagonal_BxK = jnp.diagonal(gram_BxKxK, axis1=1, axis2=2)
+  # Marquardt scaling. Slots the data cannot see (or padding) get a unit diagonal,
+  # so the damped matrix is positive definite and Cholesky applies.
+  floor_B = jnp.finfo(gram_BxKxK.dtype).eps * jnp.max(diagonal_BxK, axis=1)
+  seen_BxK = active_BxK & (diagonal_BxK > 0)
+  scale_BxK = jnp.where(seen_BxK, jnp.maximum(diagonal_BxK, floor_B[:, None]), 1.0)
+  damped_BxKxK = (
+      jnp.where(seen_BxK[:, :, None] & seen_BxK[:, None, :], gram_BxKxK, 0.0)
+      + jax.vmap(jnp.diag)(state["damping"][:, None] * scale_BxK + ~seen_BxK))
+  step_BxK = -jax.scipy.linalg.cho_solve(
+      jax.scipy.linalg.cho_factor(damped_BxKxK),
+      jnp.where(seen_BxK, state["gradient"], 0.0)[..., None])[..., 0]
+  trial_BxK = state["constants"] + jnp.where(seen_BxK & ~fresh_B[:, None], step_BxK,
+                                             0.0)
+  running_B = ~state["done"]
+  trial_gram_BxKxK, trial_gradient_BxK, trial_loss_B = _evaluate(trial_BxK, slots,
+                                                                 running_B)
+  finite_B = jnp.isfinite(trial_loss_B)
+  accepted_B = running_B & finite_B & (fresh_B | (trial_loss_B < state["loss"]))
+  converged_B = (running_B & ~fresh_B & finite_B
+                 & _converged(state["loss"], trial_loss_B, config))
+  take_B = accepted_B | (running_B & fresh_B)  # a fresh slot records its start's loss
+  pick = lambda new, old: jnp.where(
+      take_B.reshape(take_B.shape + (1,) * (new.ndim - 1)), new, old)
+  damping_B = jnp.where(fresh_B, state["damping"],
+                        jnp.where(accepted_B, state["damping"] * 0.3,
+                                  state["damping"] * 10.0))
+  iterations_B = state["iterations"] + (running_B & ~fresh_B)
+  done_B = (state["done"] | converged_B | (damping_B > 1e11)
+            | (iterations_B >= config.max_iters)
+            | (fresh_B & ~(finite_B & jnp.any(active_BxK, axis=1))))
+  return dict(constants=pick(trial_BxK, state["constants"]),
+              gram=pick(trial_gram_BxKxK, gram_BxKxK),
+              gradient=pick(trial_gradient_BxK, state["gradient"]),
+              loss=pick(trial_loss_B, state["loss"]),
+              damping=jnp.clip(damping_B, 1e-12, 1e12), done=done_B,
+              converged=state["converged"] | converged_B, iterations=iterations_B,
+              fresh=fresh_B & ~running_B)
+
+
+# L-BFGS works per slot (optax's line search evaluates one parameter vector at a
+# time), on the normalised loss MSE / var(y), with a forward-mode gradient J^T r.
+
+
+def _row_residuals(constants_K, slot):
+  prediction_N = interpreter.evaluate_one(slot["opcode"], slot["left"], slot["right"],
+                                          constants_K, slot["x"])
+  return jnp.where(slot["mask"], prediction_N - slot["y"], 0.0)
+
+
+def _row_mse(residuals_N, mask_N):
   return jnp.sum(residuals_N**2) / jnp.maximum(jnp.sum(mask_N), 1)
 
 
-def _relative_change(old, new):
-  return jnp.abs(old - new) / jnp.maximum(jnp.abs(old), jnp.finfo(old.dtype).tiny)
-
-
-def _lm_init(constants_K, active_K, program, x_NxD, y_N, mask_N, config):
-  residuals_N, jacobian_NxK = _residuals_and_jacobian(constants_K, program, x_NxD,
-                                                      y_N, mask_N)
-  loss = _mse(residuals_N, mask_N)
-  return dict(constants=constants_K, residuals=residuals_N, jacobian=jacobian_NxK,
-              loss=loss, damping=jnp.asarray(config.initial_damping, loss.dtype),
-              done=~jnp.isfinite(loss) | ~jnp.any(active_K) | ~jnp.any(mask_N),
-              converged=jnp.asarray(False), iterations=jnp.asarray(0, jnp.int32))
-
-
-def _lm_step(state, active_K, program, x_NxD, y_N, mask_N, config):
-  """One damped Gauss-Newton step; a step that does not lower the loss is rejected
-  and the damping raised."""
-  jacobian_NxK = state["jacobian"]
-  gram_KxK = jacobian_NxK.T @ jacobian_NxK
-  gradient_K = jacobian_NxK.T @ state["residuals"]
-  diagonal_K = jnp.diagonal(gram_KxK)
-  # Marquardt scaling; slots the data cannot see (or padding) get a unit diagonal.
-  floor = jnp.finfo(gram_KxK.dtype).eps * jnp.max(diagonal_K)
-  scale_K = jnp.where(active_K, jnp.maximum(diagonal_K, floor), 1.0)
-  damped_KxK = (jnp.where(active_K[:, None] & active_K[None, :], gram_KxK, 0.0)
-                + jnp.diag(state["damping"] * scale_K + ~active_K))
-  step_K = -jnp.linalg.solve(damped_KxK, jnp.where(active_K, gradient_K, 0.0))
-  trial_K = state["constants"] + jnp.where(active_K, step_K, 0.0)
-  residuals_N, trial_jacobian_NxK = _residuals_and_jacobian(trial_K, program, x_NxD,
-                                                            y_N, mask_N)
-  trial_loss = _mse(residuals_N, mask_N)
-  running = ~state["done"]
-  accepted = running & jnp.isfinite(trial_loss) & (trial_loss < state["loss"])
-  converged = running & jnp.isfinite(trial_loss) & (
-      _relative_change(state["loss"], trial_loss) <= config.ftol)
-  pick = lambda new, old: jnp.where(accepted, new, old)
-  damping = jnp.where(accepted, state["damping"] * 0.3, state["damping"] * 10.0)
-  return dict(constants=pick(trial_K, state["constants"]),
-              residuals=pick(residuals_N, state["residuals"]),
-              jacobian=pick(trial_jacobian_NxK, jacobian_NxK),
-              loss=pick(trial_loss, state["loss"]),
-              damping=jnp.clip(damping, 1e-12, 1e12),
-              done=state["done"] | converged | (damping > 1e11),
-              converged=state["converged"] | converged,
-              iterations=state["iterations"] + running)
+def _y_scale(y_N, mask_N):
+  """Masked variance of y (1 where it is 0), so tolerances are scale-free."""
+  count = jnp.maximum(jnp.sum(mask_N), 1)
+  mean = jnp.sum(jnp.where(mask_N, y_N, 0.0)) / count
+  variance = jnp.sum(jnp.where(mask_N, (y_N - mean)**2, 0.0)) / count
+  return jnp.where(variance > 0, variance, 1.0)
 
 
 @jax.custom_vjp
-def _normalized_mse(constants_K, program, x_NxD, y_N, mask_N, y_scale):
-  """MSE / y_scale, with a forward-mode gradient (see `_normalized_mse_forward`)."""
-  return _mse(_residuals(constants_K, program, x_NxD, y_N, mask_N), mask_N) / y_scale
+def _normalized_mse(constants_K, slot):
+  return _row_mse(_row_residuals(constants_K, slot), slot["mask"]) / _y_scale(
+      slot["y"], slot["mask"])
 
 
-def _normalized_mse_forward(constants_K, program, x_NxD, y_N, mask_N, y_scale):
-  # Reverse mode through the interpreter's node loop would store every node buffer;
-  # with a handful of constants, J^T r from jacfwd is cheaper and NaN-isolating.
-  residuals_N, jacobian_NxK = _residuals_and_jacobian(constants_K, program, x_NxD,
-                                                      y_N, mask_N)
-  count = jnp.maximum(jnp.sum(mask_N), 1)
-  gradient_K = 2.0 * (jacobian_NxK.T @ residuals_N) / count / y_scale
-  return _mse(residuals_N, mask_N) / y_scale, gradient_K
+def _normalized_mse_forward(constants_K, slot):
+  # Forward mode keeps each point's derivatives separate (a NaN at a masked point
+  # cannot leak), and with few constants it is cheap.
+  fn = lambda c: (_row_residuals(c, slot),) * 2
+  jacobian_NxK, residuals_N = jax.jacfwd(fn, has_aux=True)(constants_K)
+  jacobian_NxK = jnp.where(slot["mask"][:, None] & jnp.isfinite(jacobian_NxK),
+                           jacobian_NxK, 0.0)
+  scale = _y_scale(slot["y"], slot["mask"])
+  count = jnp.maximum(jnp.sum(slot["mask"]), 1)
+  gradient_K = 2.0 * (jacobian_NxK.T @ residuals_N) / count / scale
+  return _row_mse(residuals_N, slot["mask"]) / scale, gradient_K
 
 
 def _normalized_mse_backward(gradient_K, cotangent):
-  return (cotangent * gradient_K, None, None, None, None, None)
+  return cotangent * gradient_K, None
 
 
 _normalized_mse.defvjp(_normalized_mse_forward, _normalized_mse_backward)
 _LBFGS = optax.lbfgs()
 
 
-def _lbfgs_value_fn(program, x_NxD, y_N, mask_N):
-  y_scale = _y_scale(y_N, mask_N)
-  return lambda c: _normalized_mse(c, program, x_NxD, y_N, mask_N, y_scale)
+def _lbfgs_blank(slots, config):
+  batch = slots["start"].shape[0]
+  dtype = slots["x"].dtype
+  return dict(constants=slots["start"], opt_state=jax.vmap(_LBFGS.init)(slots["start"]),
+              loss=jnp.zeros(batch, dtype), done=jnp.ones(batch, bool),
+              converged=jnp.zeros(batch, bool), iterations=jnp.zeros(batch, jnp.int32),
+              fresh=jnp.zeros(batch, bool))
 
 
-def _masked_variance(y_N, mask_N):
-  count = jnp.maximum(jnp.sum(mask_N), 1)
-  mean = jnp.sum(jnp.where(mask_N, y_N, 0.0)) / count
-  return jnp.sum(jnp.where(mask_N, (y_N - mean)**2, 0.0)) / count
+def _lbfgs_refill(state, slots, fresh_B, config):
+  restart = jax.vmap(_LBFGS.init)(slots["start"])
+  pick = lambda new, old: jnp.where(
+      fresh_B.reshape(fresh_B.shape + (1,) * (new.ndim - 1)), new, old)
+  return dict(state, constants=pick(slots["start"], state["constants"]),
+              opt_state=jax.tree.map(pick, restart, state["opt_state"]),
+              done=jnp.where(fresh_B, slots["idle"], state["done"]),
+              converged=state["converged"] & ~fresh_B,
+              iterations=jnp.where(fresh_B, 0, state["iterations"]), fresh=fresh_B)
 
 
-def _y_scale(y_N, mask_N):
-  """Masked variance of y (1 where it is 0), so tolerances are scale-free."""
-  variance = _masked_variance(y_N, mask_N)
-  return jnp.where(variance > 0, variance, 1.0)
-
-
-def _lbfgs_init(constants_K, active_K, program, x_NxD, y_N, mask_N, config):
-  loss = _lbfgs_value_fn(program, x_NxD, y_N, mask_N)(constants_K)
-  return dict(constants=constants_K, opt_state=_LBFGS.init(constants_K), loss=loss,
-              done=~jnp.isfinite(loss) | ~jnp.any(active_K) | ~jnp.any(mask_N),
-              converged=jnp.asarray(False), iterations=jnp.asarray(0, jnp.int32))
-
-
-def _lbfgs_step(state, active_K, program, x_NxD, y_N, mask_N, config):
+def _lbfgs_row_step(state, slot, config):
   """One L-BFGS step with optax's zoom line search. The loss only decreases, and a
-  non-finite trial ends the run at the last (finite) iterate."""
-  value_fn = _lbfgs_value_fn(program, x_NxD, y_N, mask_N)
+  non-finite trial ends the run at the last (finite) iterate. `loss` is the MSE."""
+  value_fn = lambda c: _normalized_mse(c, slot)
+  scale = _y_scale(slot["y"], slot["mask"])
   constants_K, opt_state = state["constants"], state["opt_state"]
   value, gradient_K = optax.value_and_grad_from_state(value_fn)(constants_K,
                                                                 state=opt_state)
-  gradient_K = jnp.where(active_K, gradient_K, 0.0)
+  gradient_K = jnp.where(slot["active"], gradient_K, 0.0)
   updates_K, new_opt_state = _LBFGS.update(gradient_K, opt_state, constants_K,
                                            value=value, grad=gradient_K,
                                            value_fn=value_fn)
-  trial_K = constants_K + jnp.where(active_K, updates_K, 0.0)
-  trial_loss = optax.tree_utils.tree_get(new_opt_state, "value")
-  running = ~state["done"]
-  finite = jnp.isfinite(trial_loss) & jnp.all(jnp.isfinite(trial_K))
-  accepted = running & finite & (trial_loss <= state["loss"])
-  converged = running & finite & (
-      _relative_change(state["loss"], trial_loss) <= config.ftol)
-  new = dict(constants=trial_K, opt_state=new_opt_state, loss=trial_loss)
-  old = dict(constants=constants_K, opt_state=opt_state, loss=state["loss"])
+  trial_K = constants_K + jnp.where(slot["active"], updates_K, 0.0)
+  trial = optax.tree_utils.tree_get(new_opt_state, "value")
+  current = jnp.where(state["fresh"], value, state["loss"] / scale)
+  running = ~state["done"] & jnp.isfinite(current) & jnp.any(slot["active"])
+  finite = jnp.isfinite(trial) & jnp.all(jnp.isfinite(trial_K))
+  accepted = running & finite & (trial <= current)
+  converged = running & finite & _converged(current, trial, config)
+  new = dict(constants=trial_K, opt_state=new_opt_state, loss=trial * scale)
+  old = dict(constants=constants_K, opt_state=opt_state, loss=current * scale)
   picked = jax.tree.map(lambda n, o: jnp.where(accepted, n, o), new, old)
-  return dict(**picked, done=state["done"] | converged | ~accepted,
-              converged=state["converged"] | converged,
-              iterations=state["iterations"] + running)
+  iterations = state["iterations"] + running
+  return dict(**picked, converged=state["converged"] | converged, iterations=iterations,
+              done=(state["done"] | converged | ~accepted
+                    | (iterations >= config.max_iters)), fresh=jnp.asarray(False))
 
 
-_METHODS = {"lm": (_lm_init, _lm_step), "lbfgs": (_lbfgs_init, _lbfgs_step)}
+def _lbfgs_step(state, slots, config):
+  rows = {k: v for k, v in slots.items() if k not in ("edge", "constant_edge")}
+  return jax.vmap(functools.partial(_lbfgs_row_step, config=config))(state, rows)
+
+
+_METHODS = {"lm": (_lm_blank, _lm_refill, _lm_step),
+            "lbfgs": (_lbfgs_blank, _lbfgs_refill, _lbfgs_step)}
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _refine_chunk(program, constants_BxK, active_BxK, x_BxNxD, y_BxN, mask_BxN,
-                  config):
-  """Refines a bucketed chunk; returns constants, MSE, R2, status, iterations."""
-  init, step = _METHODS[config.method]
-  data = (active_BxK, program, x_BxNxD, y_BxN, mask_BxN)
-  state = jax.vmap(functools.partial(init, config=config))(constants_BxK, *data)
-  batched_step = jax.vmap(functools.partial(step, config=config))
+def _blank_state(slots, config):
+  return _METHODS[config.method][0](slots, config)
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnames="state")
+def _advance(state, slots, fresh_B, config):
+  """Up to `config.sync_every` iterations; stops early once every slot is done."""
+  _, refill, step = _METHODS[config.method]
+  state = refill(state, slots, fresh_B, config)
 
   def keep_going(carry):
     iteration, state = carry
-    return (iteration < config.max_iters) & ~jnp.all(state["done"])
+    return (iteration < config.sync_every) & ~jnp.all(state["done"])
 
   def advance(carry):
     iteration, state = carry
-    return iteration + 1, batched_step(state, *data)
+    return iteration + 1, step(state, slots, config)
 
-  _, state = jax.lax.while_loop(keep_going, advance, (0, state))
-  constants_BxK = state["constants"]
-  residuals_BxN = jax.vmap(_residuals)(constants_BxK, program, x_BxNxD, y_BxN,
-                                       mask_BxN)
-  count_B = jnp.sum(mask_BxN, axis=1)
-  loss_B = jax.vmap(_mse)(residuals_BxN, mask_BxN)
-  variance_B = jax.vmap(_masked_variance)(y_BxN, mask_BxN)
-  # sklearn's convention for constant y: R2 = 1 if fitted exactly, else 0.
-  r2_B = jnp.where(variance_B > 0, 1.0 - loss_B / jnp.where(variance_B > 0, variance_B, 1.0),
-                   jnp.where(loss_B == 0, 1.0, 0.0))
-  status_B = jnp.select(
-      [count_B == 0, ~jnp.any(active_BxK, axis=1), ~jnp.isfinite(loss_B),
-       state["converged"]],
-      [Status.NO_DATA, Status.NO_CONSTANTS, Status.NON_FINITE, Status.CONVERGED],
-      Status.MAX_ITERS)
-  return constants_BxK, loss_B, r2_B, status_B, state["iterations"]
+  state = jax.lax.while_loop(keep_going, advance, (0, state))[1]
+  # What the host reads after each call, in one transfer.
+  report_BxR = jnp.concatenate(
+      [state["constants"], state["loss"][:, None],
+       jnp.stack([state["done"], state["converged"]], 1).astype(state["loss"].dtype),
+       state["iterations"][:, None].astype(state["loss"].dtype)], axis=1)
+  return state, report_BxR
 
 
 # ---------------------------------------------------------------------------------
-# host side: inputs, starts, buckets, best start
+# host side: inputs, starts, groups of equal shapes, slot scheduling, best start
 
 
 def _start_constants(constants: np.ndarray, config: RefineConfig,
@@ -269,15 +354,122 @@ def _start_constants(constants: np.ndarray, config: RefineConfig,
   return starts
 
 
-def _points(x, y, max_points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The first max_points rows, and a mask of rows with finite x and y."""
+def _points(x, y, max_points: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The first max_points rows in `dtype`, and a mask of the rows whose x and y are
+  finite in it (float32 cannot hold 1e300: such a point counts as missing)."""
   x_NxD = np.asarray(x, np.float64)[:max_points]
   y_N = np.asarray(y, np.float64).reshape(-1)[:max_points]
   if x_NxD.ndim != 2 or x_NxD.shape[0] != y_N.shape[0]:
     raise ValueError(f"x must be N x D and y of length N; got {x_NxD.shape}, "
                      f"{y_N.shape}")
+  with np.errstate(over="ignore"):
+    x_NxD, y_N = x_NxD.astype(dtype), y_N.astype(dtype)
   mask_N = np.isfinite(y_N) & np.all(np.isfinite(x_NxD), axis=1)
-  return np.where(mask_N[:, None], x_NxD, 0.0), np.where(mask_N, y_N, 0.0), mask_N
+  return np.where(mask_N[:, None], x_NxD, 0), np.where(mask_N, y_N, 0), mask_N
+
+
+def _same_data_key(x, y):
+  """Equal for arrays viewing the same memory the same way (candidates of one
+  dataset are usually slices of one array); None when that cannot be told."""
+  if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+    return None
+  view = lambda a: (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
+  return view(x), view(y)
+
+
+def _variance(y_N, mask_N) -> float:
+  return float(np.var(y_N[mask_N].astype(np.float64))) if mask_N.any() else 0.0
+
+
+class _Slots:
+  """Host copies of the slot inputs (in the working dtype), refilled row by row."""
+
+  def __init__(self, batch, num_nodes, num_slots, num_points, dtype):
+    shape = lambda *s: (batch, *s)
+    zeros = lambda *s: np.zeros(shape(*s), dtype)
+    self.arrays = dict(
+        opcode=np.zeros(shape(num_nodes), np.int32),
+        left=np.tile(np.arange(num_nodes, dtype=np.int32), (batch, 1)),
+        right=np.tile(np.arange(num_nodes, dtype=np.int32), (batch, 1)),
+        edge=np.zeros(shape(num_nodes), np.int32),
+        constant_edge=np.zeros(shape(num_slots), np.int32),
+        start=zeros(num_slots), active=np.zeros(shape(num_slots), bool),
+        x=zeros(num_points, operators.MAX_VARIABLES), y=zeros(num_points),
+        mask=np.zeros(shape(num_points), bool), num_points=np.zeros(batch, np.int32),
+        idle=np.ones(batch, bool))
+
+  def fill(self, row, program, member, start, data):
+    a = self.arrays
+    for name, source in (("opcode", program.opcode_BxL), ("left", program.left_BxL),
+                         ("right", program.right_BxL), ("edge", program.edge_BxL),
+                         ("constant_edge", program.constant_edge_BxK)):
+      a[name][row] = source[member]
+    a["start"][row] = 0.0
+    a["start"][row, :start.size] = start
+    a["active"][row] = np.arange(a["active"].shape[1]) < start.size
+    x_NxD, y_N, mask_N = data
+    x_NxD = x_NxD[:, :operators.MAX_VARIABLES]  # columns no variable can name
+    a["x"][row] = 0.0
+    a["x"][row, :len(y_N), :x_NxD.shape[1]] = x_NxD
+    a["y"][row] = 0.0
+    a["y"][row, :len(y_N)] = y_N
+    a["mask"][row] = False
+    a["mask"][row, :len(y_N)] = mask_N
+    a["num_points"][row] = len(y_N)
+    a["idle"][row] = False
+
+  def device(self):
+    return jax.device_put(self.arrays)  # a copy: the host arrays get refilled
+
+
+def _device_config(config: RefineConfig) -> RefineConfig:
+  """`config` with the fields only the host reads at their defaults: the jitted
+  functions take it as a static argument, and these should not cause recompiles."""
+  default = RefineConfig()
+  host_only = ("max_points", "n_starts", "start_log_scale", "start_shift", "seed",
+               "batch_size")
+  return dataclasses.replace(config, **{n: getattr(default, n) for n in host_only})
+
+
+def _refine_stream(program, starts, data, num_points, config, dtype):
+  """Streams entries (one program row each) through the slots; returns per entry
+  constants, loss (MSE), converged flag and iterations."""
+  num_entries, num_nodes, num_slots = program.shape
+  batch = min(config.batch_size, max(8, 1 << (num_entries - 1).bit_length()))
+  slots = _Slots(batch, num_nodes, num_slots, num_points, dtype)
+  device_config = _device_config(config)
+  constants_ExK = np.zeros((num_entries, num_slots))
+  loss_E = np.zeros(num_entries)
+  converged_E = np.zeros(num_entries, bool)
+  iterations_E = np.zeros(num_entries, np.int32)
+  occupant_B = np.full(batch, -1)
+  waiting = iter(range(num_entries))
+  state = None
+  while True:
+    fresh_B = np.zeros(batch, bool)
+    if state is not None:
+      report_BxR = np.asarray(report_BxR)
+      for row in np.flatnonzero((report_BxR[:, num_slots + 1] > 0) & (occupant_B >= 0)):
+        e = occupant_B[row]
+        constants_ExK[e] = report_BxR[row, :num_slots]
+        loss_E[e], converged_E[e], iterations_E[e] = (
+            report_BxR[row, num_slots:][[0, 2, 3]])
+        occupant_B[row] = -1
+    for row in np.flatnonzero(occupant_B < 0):
+      e = next(waiting, None)
+      if e is None:
+        slots.arrays["idle"][row] = True
+        slots.arrays["num_points"][row] = 0
+        continue
+      slots.fill(row, program, e, starts[e], data[e])
+      occupant_B[row], fresh_B[row] = e, True
+    if np.all(occupant_B < 0):
+      return constants_ExK, loss_E, converged_E, iterations_E
+    device_slots = slots.device()
+    if state is None:
+      state = _blank_state(device_slots, config=device_config)
+    state, report_BxR = _advance(state, device_slots, jnp.asarray(fresh_B),
+                                 config=device_config)
 
 
 def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
@@ -293,60 +485,69 @@ def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
     raise ValueError(f"{len(prefixes)} prefixes, {len(xs)} x and {len(ys)} y")
   rng = np.random.default_rng(config.seed)
   dtype = interpreter.float_dtype()
-  data = [_points(x, y, config.max_points) for x, y in zip(xs, ys)]
-  num_features = max((x.shape[1] for x, _, _ in data), default=1) or 1
+  prepared = {}  # one copy per dataset, not per candidate
+  data = []
+  for x, y in zip(xs, ys):
+    key = _same_data_key(x, y)
+    if key is None or key not in prepared:
+      prepared[key] = _points(x, y, config.max_points, dtype)
+    data.append(prepared[key])
+  for prefix, (x_NxD, _, _) in zip(prefixes, data):
+    expressions.validate(prefix)
+    used = expressions.variables_used(prefix)
+    if used and max(used) >= x_NxD.shape[1]:
+      raise expressions.ExpressionError(
+          f"expression uses x_{max(used)} but the data has {x_NxD.shape[1]} feature(s)")
   num_points = compiler.bucket(max((len(y) for _, y, _ in data), default=1) or 1,
                                POINT_BUCKETS)
   entries = []  # (expression index, start constants)
   for i, prefix in enumerate(prefixes):
-    compiler.compile_batch([prefix], num_features=data[i][0].shape[1])  # validates
     constants = np.array([t for t in prefix if not isinstance(t, str)], np.float64)
     entries += [(i, c) for c in _start_constants(constants, config, rng)]
-  groups: dict[tuple[int, int], list[int]] = {}
-  for e, (i, _) in enumerate(entries):
-    key = (compiler.bucket(len(prefixes[i]), compiler.LENGTH_BUCKETS),
-           compiler.bucket(max(expressions.num_constants(prefixes[i]), 1),
-                           compiler.CONSTANT_BUCKETS))
-    groups.setdefault(key, []).append(e)
-  outputs = [None] * len(entries)
-  for (length, slots), members in groups.items():
-    for begin in range(0, len(members), config.batch_size):
-      chunk = members[begin:begin + config.batch_size]
-      size = min(max(8, 1 << (len(chunk) - 1).bit_length()), config.batch_size)
-      padded = chunk + [chunk[0]] * (max(size, len(chunk)) - len(chunk))
-      program = compiler.compile_batch([prefixes[entries[e][0]] for e in padded],
-                                       length, slots)
-      constants_BxK = np.zeros((len(padded), slots))
-      active_BxK = np.zeros((len(padded), slots), bool)
-      x_BxNxD = np.zeros((len(padded), num_points, num_features))
-      y_BxN = np.zeros((len(padded), num_points))
-      mask_BxN = np.zeros((len(padded), num_points), bool)
-      for row, e in enumerate(chunk):
-        i, start = entries[e]
-        x_NxD, y_N, mask_N = data[i]
-        constants_BxK[row, :start.size] = start
-        active_BxK[row, :start.size] = True
-        x_BxNxD[row, :len(y_N), :x_NxD.shape[1]] = x_NxD
-        y_BxN[row, :len(y_N)] = y_N
-        mask_BxN[row, :len(y_N)] = mask_N
-      results = _refine_chunk(
-          tuple(jnp.asarray(a) for a in program.arrays),
-          jnp.asarray(constants_BxK, dtype), jnp.asarray(active_BxK),
-          jnp.asarray(x_BxNxD, dtype), jnp.asarray(y_BxN, dtype),
-          jnp.asarray(mask_BxN), config=config)
-      results = [np.asarray(r) for r in results]
-      for row, e in enumerate(chunk):
-        outputs[e] = [r[row] for r in results]
-  best: dict[int, list] = {}
-  for (i, start), output in zip(entries, outputs):
-    loss = output[1] if np.isfinite(output[1]) else np.inf
-    if i not in best or loss < best[i][0]:
-      best[i] = [loss, output[0][:start.size].astype(np.float64), *output[1:]]
-  ordered = [best[i] for i in range(len(prefixes))]
+  # One shape for the whole call (one compiled program). Slots refilled together
+  # should need as many point chunks and nodes: sort by both, largest first, so the
+  # last slots to finish run short programs.
+  members = sorted(
+      (e for e, (i, _) in enumerate(entries) if data[i][2].any()),
+      key=lambda e: (-(-len(data[entries[e][0]][1]) // _point_chunk(num_points)),
+                     -compiler.num_operator_nodes(prefixes[entries[e][0]])))
+  outputs = {}  # entry -> (constants, loss, converged, iterations)
+  if members:
+    program = compiler.compile_batch(
+        [prefixes[entries[e][0]] for e in members],
+        compiler.bucket(max(compiler.num_operator_nodes(prefixes[entries[e][0]])
+                            for e in members), OPERATOR_BUCKETS),
+        compiler.bucket(max(max(entries[e][1].size for e in members), 1),
+                        CONSTANT_BUCKETS))
+    results = _refine_stream(program, [entries[e][1] for e in members],
+                             [data[entries[e][0]] for e in members],
+                             num_points, config, dtype)
+    outputs = {member: output for member, *output in zip(members, *results)}
+  best: dict[int, tuple] = {}
+  for e, (i, start) in enumerate(entries):
+    if e in outputs:
+      constants, loss, converged, iterations = outputs[e]
+      constants = constants[:start.size].astype(np.float64)
+    else:
+      constants, loss, converged, iterations = start, np.nan, False, 0
+    rank = loss if np.isfinite(loss) else np.inf
+    if i not in best or rank < best[i][0]:
+      best[i] = (rank, constants, float(loss), converged, iterations)
+  constants = [best[i][1] for i in range(len(prefixes))]
+  loss = np.array([best[i][2] for i in range(len(prefixes))], np.float64)
+  variance = np.array([_variance(y, mask) for _, y, mask in data])
+  with np.errstate(divide="ignore", invalid="ignore"):
+    # sklearn's convention for constant y: R2 = 1 if fitted exactly, else 0.
+    r2 = np.where(variance > 0, 1.0 - loss / np.where(variance > 0, variance, 1.0),
+                  np.where(loss == 0, 1.0, 0.0))
+  has_data = np.array([mask.any() for _, _, mask in data], bool)
+  r2 = np.where(has_data, r2, np.nan)
+  status = np.select(
+      [~has_data, np.array([c.size == 0 for c in constants]), ~np.isfinite(loss),
+       np.array([best[i][3] for i in range(len(prefixes))], bool)],
+      [Status.NO_DATA, Status.NO_CONSTANTS, Status.NON_FINITE, Status.CONVERGED],
+      Status.MAX_ITERS).astype(np.int32)
   return RefineResult(
-      prefixes=[compiler.with_constants(p, b[1]) for p, b in zip(prefixes, ordered)],
-      constants=[b[1] for b in ordered],
-      loss=np.array([b[2] for b in ordered], np.float64),
-      r2=np.array([b[3] for b in ordered], np.float64),
-      status=np.array([b[4] for b in ordered], np.int32),
-      iterations=np.array([b[5] for b in ordered], np.int32))
+      prefixes=[compiler.with_constants(p, c) for p, c in zip(prefixes, constants)],
+      constants=constants, loss=loss, r2=r2, status=status,
+      iterations=np.array([best[i][4] for i in range(len(prefixes))], np.int32))

@@ -55,7 +55,7 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   r2 = np.full(len(prefixes), -np.inf)
   groups: dict[tuple[int, int], list[int]] = {}
   for i, prefix in enumerate(prefixes):
-    key = (compiler.bucket(len(prefix), compiler.LENGTH_BUCKETS),
+    key = (compiler.bucket(compiler.num_operator_nodes(prefix), compiler.LENGTH_BUCKETS),
            compiler.bucket(max(expressions.num_constants(prefix), 1),
                            compiler.CONSTANT_BUCKETS))
     groups.setdefault(key, []).append(i)
@@ -76,7 +76,7 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
 @jax.jit
 def _score_chunk(program, constants_BxK, ids_B, x_MxNxD, y_MxN, mask_MxN):
   x_BxNxD, y_BxN, mask_BxN = x_MxNxD[ids_B], y_MxN[ids_B], mask_MxN[ids_B]
-  prediction_BxN = jax.vmap(interpreter.evaluate_one)(*program, constants_BxK, x_BxNxD)
+  prediction_BxN = interpreter.evaluate_batch(*program, constants_BxK, x_BxNxD)
   count_B = jnp.maximum(jnp.sum(mask_BxN, axis=1), 1)
   finite_B = jnp.all(jnp.isfinite(prediction_BxN) | ~mask_BxN, axis=1)
   error_BxN = jnp.where(mask_BxN, prediction_BxN - y_BxN, 0.0)

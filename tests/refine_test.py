@@ -1,5 +1,6 @@
 """Batched constant refinement: recovery, batch invariance, bad inputs."""
 
+import jax
 import numpy as np
 
 from sr_jax import expressions
@@ -80,3 +81,47 @@ def test_bad_inputs_get_a_status_not_a_crash():
   np.testing.assert_allclose(result.constants[0], [2.0], rtol=1e-4)
   np.testing.assert_allclose(result.constants[4], [-1.0])  # start kept
   assert result.prefixes[1] == ["x_0"]
+
+
+def test_one_compiled_program_per_call_shape():
+  # Expressions of varied lengths, constant counts, point counts and features share
+  # one compiled refinement program: buckets are per call, not per expression.
+  rng = np.random.default_rng(5)
+  prefixes, xs, ys = [], [], []
+  for i in range(40):
+    depth = 1 + i % 5
+    prefix = ["x_0"]
+    for _ in range(depth):
+      prefix = ["add", float(rng.uniform(0.5, 2)), "mul", float(rng.uniform(0.5, 2)),
+                ["sin", "cos", "arctan"][i % 3]] + prefix
+    num_points, num_features = 20 + 7 * i, 1 + i % 3
+    x = rng.uniform(-1, 1, size=(num_points, num_features))
+    prefixes.append(prefix)
+    xs.append(x)
+    ys.append(expressions.evaluate(prefix, x) + 0.1)
+  config = refine.RefineConfig(max_iters=5)
+  before = refine._advance._cache_size()
+  result = refine.refine(prefixes, xs, ys, config)
+  assert refine._advance._cache_size() - before <= 1
+  assert set(result.status_names()) <= {"CONVERGED", "MAX_ITERS"}
+
+
+def test_float64_under_enable_x64():
+  prefixes, xs, ys, truths = _perturbed_problems(8, seed=4)
+  with jax.enable_x64(True):
+    result = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=60))
+  assert result.constants[0].dtype == np.float64
+  recovered = [np.allclose(c, [t for t in true if not isinstance(t, str)], rtol=1e-7)
+               for c, true in zip(result.constants, truths)]
+  assert np.mean(recovered) >= 0.75
+  assert np.all(result.loss[recovered] < 1e-12)
+
+
+def test_points_float32_cannot_hold_are_missing():
+  x = np.linspace(0.1, 2, 20)[:, None]
+  y = 2 * x[:, 0]
+  y[3] = 1e300  # finite in float64, inf in float32
+  result = refine.refine([["mul", 3.0, "x_0"]], [x], [y])
+  assert result.status_names() == ["CONVERGED"]
+  np.testing.assert_allclose(result.constants[0], [2.0], rtol=1e-4)
+  assert result.r2[0] > 0.999  # the variance skips the point the loss skips
