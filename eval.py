@@ -28,7 +28,8 @@ _STROGATZ_PATH = flags.DEFINE_string("strogatz_path", None, "Official Strogatz f
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 10, "Samples per bag (C).")
 _REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset (K).")
 _BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
-_SYMBOLIC = flags.DEFINE_bool("symbolic", True, "SRBench's symbolic-solution check.")
+_SYMBOLIC = flags.DEFINE_list("symbolic_suites", ["feynman", "feynman_bonus", "strogatz"],
+                              "Suites that get SRBench's symbolic-solution check (sympy).")
 
 
 def _load(suite: str):
@@ -55,7 +56,7 @@ def main(argv):
   problems = [p for suite in _SUITE.value for p in _load(suite)]
   config = benchmarking.BenchmarkConfig(
       noise_levels=tuple(map(float, _NOISE.value)), seeds=tuple(map(int, _SEEDS.value)),
-      symbolic=_SYMBOLIC.value,
+      symbolic_suites=tuple(_SYMBOLIC.value),
       inference=inference.InferenceConfig(num_candidates=_CANDIDATES.value,
                                           num_refine=_REFINE.value, max_bags=_BAGS.value))
   rows = benchmarking.run(model, problems, _OUTDIR.value, config)

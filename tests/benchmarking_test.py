@@ -55,7 +55,8 @@ def _without_timing(rows):
 
 def test_rows_summary_and_plots(tmp_path):
   problems = _problems()
-  config = benchmarking.BenchmarkConfig(noise_levels=(0.0, 0.01), seeds=(0,))
+  config = benchmarking.BenchmarkConfig(noise_levels=(0.0, 0.01), seeds=(0,),
+                                        symbolic_suites=("toy",))
   rows = benchmarking.run(None, problems, str(tmp_path), config,
                           propose=_proposer(problems, tasks_per_problem=2))
   assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
@@ -80,7 +81,7 @@ def test_rows_summary_and_plots(tmp_path):
 
 def test_resume_after_a_crash_gives_the_same_table(tmp_path):
   problems = _problems()
-  config = benchmarking.BenchmarkConfig(chunk_size=1)
+  config = benchmarking.BenchmarkConfig(chunk_size=1, symbolic_suites=("toy",))
   straight = benchmarking.run(None, problems, str(tmp_path / "a"), config,
                               propose=_proposer(problems))
   # A crash after two tasks, in the middle of writing the third line.
@@ -104,7 +105,7 @@ def test_in_domain_rows_have_extrapolation(tmp_path):
   def propose(bags):
     return [[["add", 1.0, "mul", 1.0, "x_0"]] for _ in bags]
   rows = benchmarking.run(None, [problem], str(tmp_path),
-                          benchmarking.BenchmarkConfig(symbolic=False), propose=propose)
+                          benchmarking.BenchmarkConfig(), propose=propose)
   for sigma in (1, 2, 4, 8, 16):
     assert np.isfinite(rows[0][f"extrapolation_r2_sigma{sigma}"])
   assert "symbolic_solution" not in rows[0]
