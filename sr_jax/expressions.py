@@ -302,10 +302,27 @@ def from_sympy(expr: sympy.Expr,
   return out
 
 
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_FLOAT64_TINY = float(np.finfo(np.float64).smallest_subnormal)
+
+
 def model_string(prefix: Prefix, feature_names: Sequence[str]) -> str:
-  """The SRBench model string: sympy-parsable, in the user's column names."""
+  """The SRBench model string: sympy-parsable, in the user's column names.
+
+  sympy folds constant subexpressions exactly, so exp(exp(20)) becomes a Float with a
+  9-digit exponent, whose string takes hours to parse back. Constants beyond float64's
+  range become +-oo or 0, which is what evaluating the formula in float64 gives.
+  """
   symbols = [sympy.Symbol(str(name), real=True) for name in feature_names]
-  return str(to_sympy(prefix, symbols))
+  expr = to_sympy(prefix, symbols)
+  extreme = {}
+  for number in expr.atoms(sympy.Float):
+    magnitude = abs(number)
+    if magnitude > _FLOAT64_MAX:
+      extreme[number] = sympy.oo if number > 0 else -sympy.oo
+    elif 0 < magnitude < _FLOAT64_TINY:
+      extreme[number] = sympy.Integer(0)
+  return str(expr.xreplace(extreme) if extreme else expr)
 
 
 # ---------------------------------------------------------------------------------

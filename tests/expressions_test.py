@@ -188,3 +188,14 @@ def test_helpers():
   assert ex.num_constants(prefix) == 1
   assert ex.skeleton(prefix) == ("add", "C", "mul", "x_2", "x_0")
   assert ex.parse(prefix).prefix() == prefix
+
+
+def test_model_string_keeps_constants_in_float64_range():
+  """sympy folds exp(exp(20)) exactly into a Float whose string takes hours to parse:
+  the model string writes what float64 evaluation gives (inf, or 0 for underflow)."""
+  huge = ex.model_string(["mul", "exp", "exp", 20.0, "x_0"], ["x"])
+  tiny = ex.model_string(["add", "x_0", "exp", "mul", -1.0, "exp", 20.0], ["x"])
+  assert huge == "oo*x"
+  assert tiny == "x"
+  with np.errstate(over="ignore"):
+    assert np.isinf(np.exp(np.exp(20.0))) and np.exp(-np.exp(20.0)) == 0.0
