@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from typing import Sequence
@@ -38,6 +39,7 @@ class BenchmarkConfig:
   # SRBench's ground-truth ones by default, not the generated in-domain formulas.
   symbolic_suites: tuple[str, ...] = ("feynman", "feynman_bonus", "strogatz")
   symbolic_max_nodes: int = 100
+  symbolic_timeout: float = 20.0  # seconds per check; sympy's simplify can run for hours
   inference: inference.InferenceConfig = inference.InferenceConfig()
 
 
@@ -73,10 +75,11 @@ def run(model: Transformer | None, problems: Sequence[suites.Problem], outdir: s
   tasks = [(p, noise, seed) for p in problems for noise in config.noise_levels
            for seed in config.seeds if task_key(p, noise, seed) not in done]
   progress = monitor.Progress(len(tasks))
-  with open(os.path.join(outdir, RESULTS_FILE), "a") as out:
+  with open(os.path.join(outdir, RESULTS_FILE), "a") as out, \
+      _SymbolicChecker(config.symbolic_timeout) as checker:
     for begin in range(0, len(tasks), config.chunk_size):
       chunk = tasks[begin:begin + config.chunk_size]
-      for row in _evaluate_chunk(model, chunk, config, propose):
+      for row in _evaluate_chunk(model, chunk, config, propose, checker):
         out.write(json.dumps(row) + "\n")
       out.flush()
       progress.update(begin + len(chunk), f"{chunk[-1][0].suite}")
@@ -84,7 +87,39 @@ def run(model: Transformer | None, problems: Sequence[suites.Problem], outdir: s
   return read_results(outdir)
 
 
-def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose) -> list[dict]:
+class _SymbolicChecker:
+  """metrics.symbolic_solution in a worker process with a time limit: a check that
+  runs over is reported unsolved and its worker replaced, so nothing hangs (and no
+  signal handler is needed)."""
+
+  def __init__(self, timeout: float):
+    self.timeout = timeout
+    self._pool = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self._pool is not None:
+      self._pool.terminate()
+
+  def check(self, model: str, formula: str, feature_names, r2_test: float,
+            max_nodes: int) -> metrics.SymbolicCheck:
+    if self._pool is None:
+      self._pool = multiprocessing.get_context("spawn").Pool(1)
+    pending = self._pool.apply_async(metrics.symbolic_solution,
+                                     (model, formula, tuple(feature_names), r2_test,
+                                      max_nodes))
+    try:
+      return pending.get(self.timeout)
+    except multiprocessing.TimeoutError:
+      self._pool.terminate()
+      self._pool = None
+      return metrics.SymbolicCheck(False, f"sympy took over {self.timeout:g} s: not checked")
+
+
+def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose,
+                    checker: _SymbolicChecker) -> list[dict]:
   splits = [metrics.srbench_split(p.x, p.y, seed, train_cap=config.train_cap, noise=noise)
             for p, noise, seed in chunk]
   begin = time.perf_counter()
@@ -96,12 +131,12 @@ def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose) -> list[dict
   rows = []
   for (problem, noise, seed), split, result in zip(chunk, splits, output.results):
     rows.append(_row(problem, noise, seed, split, result, config, seconds_per_task,
-                     stage_share))
+                     stage_share, checker))
   return rows
 
 
 def _row(problem: suites.Problem, noise: float, seed: int, split, result, config,
-         seconds: float, stage_seconds: dict) -> dict:
+         seconds: float, stage_seconds: dict, checker: _SymbolicChecker) -> dict:
   _, _, x_test, y_test = split
   best = result.best
   with np.errstate(all="ignore"):
@@ -127,9 +162,8 @@ def _row(problem: suites.Problem, noise: float, seed: int, split, result, config
          "curve_pred": [float(v) if np.isfinite(v) else None
                         for v in prediction[:CURVE_POINTS]]}
   if problem.suite in config.symbolic_suites and problem.formula is not None:
-    check = metrics.symbolic_solution(model_string, problem.formula, problem.feature_names,
-                                      r2_test=row["test_r2"],
-                                      max_nodes=config.symbolic_max_nodes)
+    check = checker.check(model_string, problem.formula, problem.feature_names,
+                          row["test_r2"], config.symbolic_max_nodes)
     row["symbolic_solution"], row["symbolic_reason"] = check.solved, check.reason
   for sigma, (x, y) in problem.metadata.get("extrapolation", {}).items():
     with np.errstate(all="ignore"):

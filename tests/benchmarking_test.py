@@ -109,3 +109,12 @@ def test_in_domain_rows_have_extrapolation(tmp_path):
   for sigma in (1, 2, 4, 8, 16):
     assert np.isfinite(rows[0][f"extrapolation_r2_sigma{sigma}"])
   assert "symbolic_solution" not in rows[0]
+
+
+def test_symbolic_check_that_runs_over_its_time_is_cut_not_waited_for():
+  with benchmarking._SymbolicChecker(timeout=0.05) as checker:
+    # The worker cannot even start in 50 ms, so this check runs over.
+    check = checker.check("2*x0", "2*x0", ("x0",), 1.0, 100)
+    assert not check.solved and "took over" in check.reason
+  with benchmarking._SymbolicChecker(timeout=60) as checker:
+    assert checker.check("2.0001*x0", "2*x0", ("x0",), 1.0, 100).solved
