@@ -1,5 +1,5 @@
 """Tests of the benchmark suites against the raw tables and official files in
-/work/shared/data, independent sympy evaluations and the ODEs themselves."""
+../shared/data (beside the checkout), independent sympy evaluations and the ODEs themselves."""
 
 import collections
 import csv
@@ -12,7 +12,7 @@ import sympy
 
 from sr_jax import suites
 
-SHARED_DATA = "/work/shared/data"
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_shared_data = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
                                        reason="the official tables are not available")
 
