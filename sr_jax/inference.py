@@ -175,17 +175,13 @@ def top_features(x: np.ndarray, y: np.ndarray, k: int = MAX_INPUT_DIM) -> np.nda
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-  x: np.ndarray  # the kept features, raw
+  x_scaled: np.ndarray  # the kept features, standardised
   y: np.ndarray
   features: np.ndarray
   mean: np.ndarray
   scale: np.ndarray
   bags: list[np.ndarray]  # row indices
   notes: list[str]
-
-  @property
-  def x_scaled(self) -> np.ndarray:
-    return (self.x - self.mean) / self.scale
 
 
 def _prepare(x, y, index: int, config: InferenceConfig, rng: np.random.Generator
@@ -209,7 +205,7 @@ def _prepare(x, y, index: int, config: InferenceConfig, rng: np.random.Generator
   if num_bags * config.max_points_per_bag < len(y):
     notes.append(f"{len(y)} points: the model read {len(order)} of them "
                  f"({num_bags} bags of <= {config.max_points_per_bag})")
-  return _Prepared(x, y, features, mean, scale, bags, notes)
+  return _Prepared((x - mean) / scale, y, features, mean, scale, bags, notes)
 
 
 def unscale(prefix: expressions.Prefix, mean: np.ndarray, scale: np.ndarray) -> list:
@@ -281,7 +277,7 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
     for prefix in bag_candidates:
       num_decoded[i] += 1
       used = expressions.variables_used(prefix) if prefix is not None else ()
-      if prefix is None or (used and max(used) >= prepared[i].x.shape[1]):
+      if prefix is None or (used and max(used) >= prepared[i].x_scaled.shape[1]):
         num_invalid[i] += 1
       else:
         candidates[i].append(list(prefix))

@@ -100,9 +100,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
 
   def fit_many(self, datasets: Sequence[tuple]) -> list[inference.DatasetResult]:
     """Formulas for many (X, y) datasets in one batched run; returns each dataset's
-    ranked candidates (inference.DatasetResult). The estimator itself stays as it was."""
-    checked = [inference.check_dataset(x, y, i) for i, (x, y) in enumerate(datasets)]
-    output = inference.run(self._transformer(), checked, self._config())
+    ranked candidates (inference.DatasetResult). The estimator itself stays as it was.
+    Bad input raises inference.run's ValueError, which names the dataset."""
+    output = inference.run(self._transformer(), datasets, self._config())
     return output.results
 
   def _set_result(self, result: inference.DatasetResult) -> None:
