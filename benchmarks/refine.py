@@ -30,6 +30,7 @@ from sr_jax import compiler
 from sr_jax import expressions
 from sr_jax import generator
 from sr_jax import interpreter
+from sr_jax import metrics
 from sr_jax import operators
 from sr_jax import refine
 
@@ -54,15 +55,9 @@ def _problems(num, seed):
   return problems
 
 
-def _r2(y, prediction):
-  with np.errstate(all="ignore"):
-    sse = np.sum((prediction - y)**2)
-    sst = np.sum((y - y.mean())**2)
-  return 1 - sse / sst if sst > 0 else float(sse == 0)
-
-
 def _r2_all(prefixes, xs, ys):
-  return np.array([_r2(y, expressions.evaluate(p, x)) for p, x, y in zip(prefixes, xs, ys)])
+  return np.array([metrics.r2(y, expressions.evaluate(p, x))
+                   for p, x, y in zip(prefixes, xs, ys)])
 
 
 class _Timeout(Exception):
@@ -173,7 +168,7 @@ def main():
     begin = time.perf_counter()
     refined = _scipy_refine(prefix, x[:1024], y[:1024])
     scipy_times.append(time.perf_counter() - begin)
-    scipy_r2.append(_r2(y, expressions.evaluate(refined, x)))
+    scipy_r2.append(metrics.r2(y, expressions.evaluate(refined, x)))
   rows.append(("scipy BFGS, per expression", "float64", "-", sum(scipy_times),
                np.array(scipy_r2), np.median(scipy_times)))
   eval_cold, eval_warm, gpops = _evaluation_throughput(problems)
