@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -112,19 +113,26 @@ def decode(model: Transformer, points_BxNxT: jax.Array, point_mask_BxN: jax.Arra
   return _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
+# XLA:CPU's default copy insertion copies a loop-carried buffer that an iteration both
+# reads and updates in place: the whole KV cache, several times per step (the copies
+# took ~80% of a CPU decoding step). Region analysis proves the in-place update safe.
+# Other backends ignore the option.
+IN_PLACE_LOOPS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), compiler_options=IN_PLACE_LOOPS)
 def _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg: DecodeConfig):
   model = nnx.merge(graphdef, state)
-  enc_BxNxD = model.encode(points_BxNxT, point_mask_BxN)
-  C = cfg.num_candidates
-  enc_BCxNxD = jnp.repeat(enc_BxNxD, C, axis=0)
-  mask_BCxN = jnp.repeat(point_mask_BxN, C, axis=0)
+  B, C = points_BxNxT.shape[0], cfg.num_candidates
+  # Rows are B-major (input b's candidates are rows b*C .. b*C+C-1); they share their
+  # input's cross-attention K/V, computed once.
+  cache = (model.init_cache(B * C, cfg.max_len)
+           | model.precompute_cross_kv(model.encode(points_BxNxT, point_mask_BxN)))
   dims_BC = jnp.repeat(input_dimensions(points_BxNxT), C, axis=0)
   if cfg.method == "beam":
-    tokens_BxCxL, log_probs_BxC = _beam_search(model, enc_BCxNxD, mask_BCxN, dims_BC, cfg)
+    tokens_BxCxL, log_probs_BxC = _beam_search(model, cache, point_mask_BxN, dims_BC, cfg)
   else:
-    tokens_BCxL, log_probs_BC = _sample(model, enc_BCxNxD, mask_BCxN, dims_BC, cfg, rng)
-    B = points_BxNxT.shape[0]
+    tokens_BCxL, log_probs_BC = _sample(model, cache, point_mask_BxN, dims_BC, cfg, rng)
     tokens_BxCxL = tokens_BCxL.reshape(B, C, cfg.max_len)
     log_probs_BxC = log_probs_BC.reshape(B, C)
   lengths_BxC = jnp.sum(tokens_BxCxL != PAD_ID, axis=-1, dtype=jnp.int32)
@@ -157,13 +165,44 @@ def _truncate(logits_BxV: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return logits_BxV
 
 
-def _sample_rows(key: jax.Array, logits_BxV: jax.Array) -> jax.Array:
-  """One token per row from softmax(logits), by inverting the CDF with one uniform per
-  row: exact sampling, without the B x V Gumbel draws of jax.random.categorical, which
-  dominate a decoding step on CPU."""
-  cdf_BxV = jnp.cumsum(jax.nn.softmax(logits_BxV, axis=-1), axis=-1)
-  u_Bx1 = jax.random.uniform(key, (logits_BxV.shape[0], 1)) * cdf_BxV[:, -1:]
-  return jnp.sum(cdf_BxV <= u_Bx1, axis=-1)
+def _sample_rows(uniform_Bx2: jax.Array, logits_BxV: jax.Array) -> jax.Array:
+  """One token per row from softmax(logits), by inverting the CDF with two uniforms per
+  row: the first picks a block of ~sqrt(V) tokens by its mass, the second a token in it.
+  Exact sampling, without the B x V Gumbel draws of jax.random.categorical nor a
+  vocabulary-wide cumulative sum, which dominate a decoding step on CPU."""
+  B, V = logits_BxV.shape
+  block = math.isqrt(V - 1) + 1
+  num_blocks = -(-V // block)
+  padded_BxP = jnp.pad(logits_BxV, ((0, 0), (0, num_blocks * block - V)),
+                       constant_values=-jnp.inf)
+  probs_BxNxK = jnp.exp(padded_BxP - jnp.max(logits_BxV, axis=-1, keepdims=True)).reshape(
+      B, num_blocks, block)
+  block_B = _invert_cdf(uniform_Bx2[:, 0], jnp.sum(probs_BxNxK, axis=-1))
+  in_block_BxK = jnp.take_along_axis(probs_BxNxK, block_B[:, None, None], axis=1)[:, 0]
+  return block_B * block + _invert_cdf(uniform_Bx2[:, 1], in_block_BxK)
+
+
+def _invert_cdf(uniform_B: jax.Array, weights_BxK: jax.Array) -> jax.Array:
+  """Index i with cdf[i-1] <= u * total < cdf[i]: never a zero-weight entry, even when
+  rounding makes u * total reach the total."""
+  cdf_BxK = jnp.cumsum(weights_BxK, axis=-1)
+  index_B = jnp.sum(cdf_BxK <= uniform_B[:, None] * cdf_BxK[:, -1:], axis=-1)
+  last_positive_B = weights_BxK.shape[-1] - 1 - jnp.argmax(weights_BxK[:, ::-1] > 0, axis=-1)
+  return jnp.minimum(index_B, last_positive_B)
+
+
+def _choose(logits_BxV: jax.Array, uniform_Bx2: jax.Array, cfg: DecodeConfig
+            ) -> tuple[jax.Array, jax.Array]:
+  """The next token of each row (an index into the logits' last axis) and its log
+  probability under softmax(logits) (no temperature, no truncation)."""
+  if cfg.method == "greedy":
+    index_B = jnp.argmax(logits_BxV, axis=-1)
+  else:
+    index_B = _sample_rows(uniform_Bx2, _truncate(logits_BxV / cfg.temperature, cfg.top_k,
+                                                  cfg.top_p))
+  log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), index_B[:, None],
+                                   axis=-1)[:, 0]
+  return index_B.astype(jnp.int32), log_prob_B
 
 
 # The decoder grammar, per token id: its kind, and how it changes the number of operands
@@ -202,19 +241,24 @@ def input_dimensions(points_BxNxT: jax.Array) -> jax.Array:
 
 
 def grammar_mask(tokens_BxL: jax.Array, position: jax.Array,
-                 dims_B: jax.Array | None = None) -> jax.Array:
+                 dims_B: jax.Array | None = None, vocab_ids=None) -> jax.Array:
   """Which tokens may follow tokens_BxL[:, :position + 1] (BOS first) so that the row is
   still the start of a valid formula that can end, EOS included, within L tokens.
 
   A float is sign, mantissa, exponent in that order; EOS comes exactly when no operand
   is missing; an operator, variable or float is allowed only if the operands it leaves
   missing can still be filled with one-token variables before the last slot. With
-  dims_B, row b may only use variables x_0 .. x_{dims_B[b] - 1}."""
-  kind_V, delta_V, variable_V = map(jnp.asarray, _grammar_tables())
+  dims_B, row b may only use variables x_0 .. x_{dims_B[b] - 1}. With vocab_ids (a
+  numpy array), the mask covers those token ids only, in their order."""
+  tables = _grammar_tables()
+  all_kind_V, all_delta_V = map(jnp.asarray, tables[:2])
+  kind_V, delta_V, variable_V = (jnp.asarray(t if vocab_ids is None else t[vocab_ids])
+                                 for t in tables)
   L = tokens_BxL.shape[1]
   written_BxL = jnp.arange(L) <= position
-  needed_B = 1 + jnp.sum(jnp.where(written_BxL, delta_V[tokens_BxL], 0), axis=1)
-  last_kind_B = kind_V[jax.lax.dynamic_index_in_dim(tokens_BxL, position, 1, keepdims=False)]
+  needed_B = 1 + jnp.sum(jnp.where(written_BxL, all_delta_V[tokens_BxL], 0), axis=1)
+  last_kind_B = all_kind_V[jax.lax.dynamic_index_in_dim(tokens_BxL, position, 1,
+                                                        keepdims=False)]
   slots = L - 1 - position  # positions position+1 .. L-1 are still free
   cost_V = jnp.where(kind_V == _SIGN, 3, 1)
   needed_after_BxV = needed_B[:, None] + delta_V[None, :]
@@ -233,46 +277,92 @@ def _initial_tokens(batch: int, max_len: int) -> jax.Array:
   return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
 
 
-def _sample(model, enc_BxNxD, mask_BxN, dims_B, cfg: DecodeConfig, rng):
-  """Greedy (argmax) or ancestral sampling from softmax(logits / temperature)."""
-  B, L = enc_BxNxD.shape[0], cfg.max_len
+@functools.lru_cache(maxsize=1)
+def _vocab_split() -> tuple[np.ndarray, np.ndarray]:
+  """Token ids of the mantissa words (10,000 of the 10,234) and of all the others."""
+  kind_V = _grammar_tables()[0]
+  return np.flatnonzero(kind_V == _MANTISSA), np.flatnonzero(kind_V != _MANTISSA)
+
+
+def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
+  """Greedy (argmax) or ancestral sampling from softmax(logits / temperature), for
+  B*C rows reading B inputs."""
+  BC, L = dims_BC.shape[0], cfg.max_len
 
   def cond(s: _SampleState):
     return (s.position < L - 1) & ~jnp.all(s.done_B)
 
   def body(s: _SampleState):
     token_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens_BxL, s.position, 1, axis=1)
-    logits_BxV, cache = model.decode_step(token_Bx1, s.cache, enc_BxNxD, mask_BxN, s.position)
-    allowed_BxV = _mask_specials(logits_BxV)
+    hidden_BxD, cache = model.decode_step(token_Bx1, s.cache, None, mask_BxN, s.position)
+    uniform_Bx2 = jax.random.uniform(jax.random.fold_in(rng, s.position), (BC, 2))
     if cfg.constrained:
-      allowed_BxV = jnp.where(grammar_mask(s.tokens_BxL, s.position, dims_B), allowed_BxV,
-                              -jnp.inf)
-    if cfg.method == "greedy":
-      next_B = jnp.argmax(allowed_BxV, axis=-1)
+      next_B, log_prob_B = _constrained_step(model, hidden_BxD, s, dims_BC, uniform_Bx2, cfg)
     else:
-      allowed_BxV = _truncate(allowed_BxV / cfg.temperature, cfg.top_k, cfg.top_p)
-      next_B = _sample_rows(jax.random.fold_in(rng, s.position), allowed_BxV)
+      logits_BxV = model.output_logits(hidden_BxD)
+      next_B, _ = _choose(_mask_specials(logits_BxV), uniform_Bx2, cfg)
+      # The model's own log-probability: PAD and BOS are masked only for choosing.
+      log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), next_B[:, None],
+                                       axis=-1)[:, 0]
     next_B = jnp.where(s.done_B, PAD_ID, next_B).astype(jnp.int32)
-    log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), next_B[:, None], axis=-1)[:, 0]
     tokens_BxL = jax.lax.dynamic_update_slice_in_dim(s.tokens_BxL, next_B[:, None],
                                                      s.position + 1, axis=1)
     return _SampleState(s.position + 1, tokens_BxL, s.done_B | (next_B == EOS_ID),
                         s.log_probs_B + jnp.where(s.done_B, 0.0, log_prob_B), cache)
 
-  init = _SampleState(jnp.int32(0), _initial_tokens(B, L), jnp.zeros(B, bool),
-                      jnp.zeros(B, jnp.float32), model.init_cache(B, L))
+  init = _SampleState(jnp.int32(0), _initial_tokens(BC, L), jnp.zeros(BC, bool),
+                      jnp.zeros(BC, jnp.float32), cache)
   final = jax.lax.while_loop(cond, body, init)
   return final.tokens_BxL, final.log_probs_B
 
 
-def _beam_search(model, enc_BKxNxD, mask_BKxN, dims_BK, cfg: DecodeConfig):
+def _constrained_step(model, hidden_BxD, s: _SampleState, dims_B, uniform_Bx2,
+                      cfg: DecodeConfig) -> tuple[jax.Array, jax.Array]:
+  """Next token and its log-probability under the model restricted to the tokens the
+  grammar allows. The grammar splits the vocabulary: after a sign word only the 10,000
+  mantissa words may come, otherwise none of them. So every row gets logits over the
+  234 other words, and only the rows that need a mantissa (about one in six) get the
+  mantissa logits, in compacted chunks of ~B/16 rows: a step's vocabulary-wide work
+  shrinks ~4x."""
+  mantissa_ids, other_ids = _vocab_split()
+  B = hidden_BxD.shape[0]
+  allowed_BxO = grammar_mask(s.tokens_BxL, s.position, dims_B, other_ids)
+  logits_BxO = jnp.where(allowed_BxO, model.output_logits(hidden_BxD, other_ids), -jnp.inf)
+  wants_mantissa_B = ~jnp.any(allowed_BxO, axis=-1)  # only a mantissa may come next
+  index_B, log_prob_B = _choose(jnp.where(wants_mantissa_B[:, None], 0.0, logits_BxO),
+                                uniform_Bx2, cfg)
+  next_B = jnp.asarray(other_ids, jnp.int32)[index_B]
+
+  chunk = min(B, max(8, -(-B // 128) * 8))  # ~B/16 rows
+  rank_B = jnp.cumsum(wants_mantissa_B) - 1
+  num_chunks = (jnp.sum(wants_mantissa_B) + chunk - 1) // chunk
+
+  def mantissa_chunk(carry):
+    j, next_B, log_prob_B = carry
+    slot_B = jnp.where(wants_mantissa_B & (rank_B // chunk == j), rank_B % chunk, chunk)
+    rows_M = jnp.full(chunk, B, jnp.int32).at[slot_B].set(jnp.arange(B, dtype=jnp.int32),
+                                                          mode="drop")
+    take = functools.partial(jnp.take, indices=rows_M, axis=0, mode="clip")
+    index_M, log_prob_M = _choose(model.output_logits(take(hidden_BxD), mantissa_ids),
+                                  take(uniform_Bx2), cfg)
+    next_B = next_B.at[rows_M].set(jnp.asarray(mantissa_ids, jnp.int32)[index_M],
+                                   mode="drop")
+    return j + 1, next_B, log_prob_B.at[rows_M].set(log_prob_M, mode="drop")
+
+  _, next_B, log_prob_B = jax.lax.while_loop(lambda c: c[0] < num_chunks, mantissa_chunk,
+                                             (jnp.int32(0), next_B, log_prob_B))
+  return next_B, log_prob_B
+
+
+def _beam_search(model, cache, mask_BxN, dims_BK, cfg: DecodeConfig):
   """E2E's (XLM's) beam search with early stopping: each step takes the top 2K expansions of
   the K alive beams; EOS expansions ranked before the K-th non-EOS one become finished
   hypotheses, the top K non-EOS ones stay alive. An input is done once it has K finished
   hypotheses; at max_len, an input's alive beams join its finished ones. Returns the K best
-  finished hypotheses by length-penalized score."""
+  finished hypotheses by length-penalized score. Constrained, log-probabilities are
+  those of the model restricted to the allowed tokens (renormalised over them)."""
   K, L, alpha = cfg.num_candidates, cfg.max_len, cfg.length_penalty
-  B = enc_BKxNxD.shape[0] // K
+  B = mask_BxN.shape[0]
 
   def gather_BxK(x_BxMx, idx_BxK):
     return jnp.take_along_axis(x_BxMx, idx_BxK.reshape(idx_BxK.shape + (1,) * (x_BxMx.ndim - 2)),
@@ -287,14 +377,15 @@ def _beam_search(model, enc_BKxNxD, mask_BKxN, dims_BK, cfg: DecodeConfig):
   def body(s: _BeamState):
     token_BKx1 = jax.lax.dynamic_slice_in_dim(s.alive_tokens_BxKxL.reshape(B * K, L), s.position,
                                               1, axis=1)
-    logits_BKxV, cache = model.decode_step(token_BKx1, s.cache, enc_BKxNxD, mask_BKxN, s.position)
+    hidden_BKxD, cache = model.decode_step(token_BKx1, s.cache, None, mask_BxN, s.position)
+    logits_BKxV = model.output_logits(hidden_BKxD)
     V = logits_BKxV.shape[-1]
-    log_probs_BKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV))
     if cfg.constrained:
-      log_probs_BKxV = jnp.where(
+      log_probs_BKxV = jax.nn.log_softmax(jnp.where(
           grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position, dims_BK),
-          log_probs_BKxV,
-          -jnp.inf)
+          logits_BKxV, -jnp.inf))
+    else:
+      log_probs_BKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV))
     log_probs_BxKxV = log_probs_BKxV.reshape(B, K, V)
     expanded_BxKV = (s.alive_log_probs_BxK[..., None] + log_probs_BxKxV).reshape(B, K * V)
     top_log_probs_Bx2K, top_idx_Bx2K = jax.lax.top_k(expanded_BxKV, 2 * K)
@@ -311,7 +402,8 @@ def _beam_search(model, enc_BKxNxD, mask_BKxN, dims_BK, cfg: DecodeConfig):
     _, alive_Bx2K_idx_BxK = jax.lax.top_k(jnp.where(eos_Bx2K, -jnp.inf, top_log_probs_Bx2K), K)
     source_beam_BxK = gather_BxK(beam_Bx2K, alive_Bx2K_idx_BxK)
     source_BK = (jnp.arange(B)[:, None] * K + source_beam_BxK).reshape(B * K)
-    cache = jax.tree.map(lambda c_YxBKx: jnp.take(c_YxBKx, source_BK, axis=1), cache)
+    cache = {**cache, **{name: jnp.take(cache[name], source_BK, axis=1)
+                         for name in ("k_YxBxHxSxK", "v_YxBxHxSxK")}}  # not the cross K/V
     finished = _merge_finished(s, tokens_Bx2KxL, top_log_probs_Bx2K, new_scores_Bx2K, K)
     finished = jax.tree.map(lambda old, new: jnp.where(
         done(s).reshape((B,) + (1,) * (old.ndim - 1)), old, new), _finished(s), finished)
@@ -320,7 +412,7 @@ def _beam_search(model, enc_BKxNxD, mask_BKxN, dims_BK, cfg: DecodeConfig):
 
   alive_log_probs_BxK = jnp.full((B, K), -jnp.inf).at[:, 0].set(0.0)  # K copies of one beam
   init = _BeamState(jnp.int32(0), _initial_tokens(B * K, L).reshape(B, K, L), alive_log_probs_BxK,
-                    model.init_cache(B * K, L), jnp.zeros((B, K, L), jnp.int32),
+                    cache, jnp.zeros((B, K, L), jnp.int32),
                     jnp.zeros((B, K)), jnp.full((B, K), -jnp.inf))
   final = jax.lax.while_loop(cond, body, init)
   # Inputs not done at max_len: their alive beams (no EOS) compete with the finished ones.

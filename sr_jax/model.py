@@ -176,24 +176,41 @@ class Attention(nnx.Module):
     return sharding.constrain(y_BxSxHxK, ("batch", seq_name, "heads", "kv"))
 
   def kv(self, x_BxSxD: jax.Array, seq_name: str) -> tuple[jax.Array, jax.Array]:
-    return (self._project(x_BxSxD, self.k_weight_dhk, self.k_bias_hk, seq_name),
-            self._project(x_BxSxD, self.v_weight_dhk, self.v_bias_hk, seq_name))
+    """Keys and values, heads before positions (BxHxSxK): the layout the attention dots
+    read, so a decoding cache in it is never transposed (that copy dominated a CPU step)."""
+    def project(weight, bias):
+      y_BxHxSxK = (jnp.einsum("bsd,dhk->bhsk", x_BxSxD.astype(self.dtype),
+                              weight[...].astype(self.dtype))
+                   + bias[...].astype(self.dtype)[:, None, :])
+      return sharding.constrain(y_BxHxSxK, ("batch", "heads", seq_name, "kv"))
+    return project(self.k_weight_dhk, self.k_bias_hk), project(self.v_weight_dhk, self.v_bias_hk)
 
-  def attend(self, x_BxLxD, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, q_name) -> jax.Array:
-    """Attention of queries from x over the given keys; mask_BxLxS is True where allowed."""
+  def attend(self, x_BxLxD, k_BxHxSxK, v_BxHxSxK, mask_BxLxS, q_name,
+             current_kv=None) -> jax.Array:
+    """Attention of queries from x over the given keys; mask_BxLxS is True where allowed.
+    current_kv: one more (k, v) position (BxHx1xK), always allowed. Decoding passes the
+    step's own K/V this way and the cache *before* it is written, so that the cache
+    update is the cache's only use after the read and XLA does it in place (attending
+    over the updated cache made XLA copy the whole cache several times a step)."""
     q_BxLxHxK = self._project(x_BxLxD, self.q_weight_dhk, self.q_bias_hk, q_name)
-    scores_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK, k_BxSxHxK,
+    scores_BxHxLxS = jnp.einsum("blhk,bhsk->bhls", q_BxLxHxK, k_BxHxSxK,
                                 preferred_element_type=jnp.float32) * self.scale
     scores_BxHxLxS = jnp.where(mask_BxLxS[:, None], scores_BxHxLxS, NEG_INF)
+    if current_kv is not None:
+      scores_BxHxLxS = jnp.concatenate([scores_BxHxLxS, jnp.einsum(
+          "blhk,bhsk->bhls", q_BxLxHxK, current_kv[0],
+          preferred_element_type=jnp.float32) * self.scale], axis=-1)
     probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(self.dtype)
-    out_BxLxHxK = jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
+    S = k_BxHxSxK.shape[2]
+    out_BxLxHxK = jnp.einsum("bhls,bhsk->blhk", probs_BxHxLxS[..., :S], v_BxHxSxK)
+    if current_kv is not None:
+      out_BxLxHxK += jnp.einsum("bhls,bhsk->blhk", probs_BxHxLxS[..., S:], current_kv[1])
     y_BxLxD = (jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.o_weight_hkd[...].astype(self.dtype))
                + self.o_bias_d[...].astype(self.dtype))
     return sharding.constrain(y_BxLxD, ("batch", q_name, "activation_embed"))
 
   def __call__(self, x_BxLxD, kv_BxSxD, mask_BxLxS, q_name, kv_name) -> jax.Array:
-    k_BxSxHxK, v_BxSxHxK = self.kv(kv_BxSxD, kv_name)
-    return self.attend(x_BxLxD, k_BxSxHxK, v_BxSxHxK, mask_BxLxS, q_name)
+    return self.attend(x_BxLxD, *self.kv(kv_BxSxD, kv_name), mask_BxLxS, q_name)
 
 
 class MLP(nnx.Module):
@@ -244,15 +261,27 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(cfg, key=param.next_key())
     self.ln_mlp = LayerNorm(cfg, key=param.next_key())
 
-  def __call__(self, x_BxLxD, self_kv, self_mask_BxLxS, cross_kv, cross_mask_BxLxN):
-    """self_kv maps the sublayer input to the (k, v) to attend over: its own projection when
-    teacher forcing, the cache updated with it when decoding step by step."""
+  def __call__(self, x_BxLxD, self_kv, self_mask_BxLxS, cross_kv, cross_mask_ExLxN):
+    """self_kv maps the sublayer input to the (k, v, current_kv) to attend over: its own
+    projection when teacher forcing, the cache and the step's own K/V when decoding. cross_kv may
+    hold E = B / G inputs, each shared by G consecutive rows (the candidates of one input
+    when decoding): their queries then attend as one input's G * L queries, so the
+    points' K/V are neither copied G times nor re-read per row."""
     def self_block(h):
-      return self.self_attn.attend(h, *self_kv(h), self_mask_BxLxS, "length")
+      k_BxHxSxK, v_BxHxSxK, current_kv = self_kv(h)
+      return self.self_attn.attend(h, k_BxHxSxK, v_BxHxSxK, self_mask_BxLxS, "length",
+                                   current_kv)
+
+    def cross_block(h_BxLxD):
+      B, L, D = h_BxLxD.shape
+      E, N = cross_mask_ExLxN.shape[0], cross_mask_ExLxN.shape[-1]
+      h_ExGLxD = h_BxLxD.reshape(E, (B // E) * L, D)
+      mask_ExGLxN = jnp.broadcast_to(
+          cross_mask_ExLxN[:, None], (E, B // E, L, N)).reshape(E, (B // E) * L, N)
+      return self.cross_attn.attend(h_ExGLxD, *cross_kv, mask_ExGLxN,
+                                    "length").reshape(B, L, D)
     x_BxLxD = _residual(x_BxLxD, self_block, self.ln_self, self.pre_layer_norm)
-    x_BxLxD = _residual(
-        x_BxLxD, lambda h: self.cross_attn.attend(h, *cross_kv, cross_mask_BxLxN, "length"),
-        self.ln_cross, self.pre_layer_norm)
+    x_BxLxD = _residual(x_BxLxD, cross_block, self.ln_cross, self.pre_layer_norm)
     return _residual(x_BxLxD, lambda h: self.mlp(h, "length"), self.ln_mlp, self.pre_layer_norm)
 
 
@@ -313,12 +342,7 @@ class Transformer(nnx.Module):
     return sharding.constrain(x_BxLxD, ("batch", "length", "activation_embed"))
 
   def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
-    if self.config.pre_layer_norm:
-      x_BxLxD = self.decoder_ln_final(x_BxLxD)
-    logits_BxLxV = jnp.einsum("bld,vd->blv", x_BxLxD, self.token_embed[...].astype(self.dtype),
-                              preferred_element_type=jnp.float32)
-    logits_BxLxV = logits_BxLxV + self.output_bias[...].astype(jnp.float32)
-    return sharding.constrain(logits_BxLxV, ("batch", "length", "vocab"))
+    return sharding.constrain(self.output_logits(x_BxLxD), ("batch", "length", "vocab"))
 
   def decode(self, targets_BxL: jax.Array, enc_BxNxD: jax.Array,
              point_mask_BxN: jax.Array) -> jax.Array:
@@ -328,7 +352,8 @@ class Transformer(nnx.Module):
     causal_BxLxL = jnp.broadcast_to(jnp.tril(jnp.ones((L, L), bool)), (B, L, L))
     cross_BxLxN = jnp.broadcast_to(point_mask_BxN[:, None, :], (B, L, point_mask_BxN.shape[1]))
     for layer in self.decoder_layers:
-      x_BxLxD = layer(x_BxLxD, lambda h, a=layer.self_attn: a.kv(h, "length"), causal_BxLxL,
+      x_BxLxD = layer(x_BxLxD, lambda h, a=layer.self_attn: (*a.kv(h, "length"), None),
+                      causal_BxLxL,
                       layer.cross_attn.kv(enc_BxNxD, "points"), cross_BxLxN)
     return self._logits(x_BxLxD)
 
@@ -343,37 +368,54 @@ class Transformer(nnx.Module):
     cfg = self.config
     if max_len > cfg.max_target_len:
       raise ValueError(f"max_len {max_len} exceeds max_target_len {cfg.max_target_len}")
-    shape = (cfg.num_decoder_layers, batch, max_len, cfg.num_heads, cfg.head_dim)
-    return {"k_YxBxSxHxK": jnp.zeros(shape, self.dtype),
-            "v_YxBxSxHxK": jnp.zeros(shape, self.dtype)}
+    shape = (cfg.num_decoder_layers, batch, cfg.num_heads, max_len, cfg.head_dim)
+    return {"k_YxBxHxSxK": jnp.zeros(shape, self.dtype),
+            "v_YxBxHxSxK": jnp.zeros(shape, self.dtype)}
 
   def precompute_cross_kv(self, enc_BxNxD: jax.Array) -> dict[str, jax.Array]:
-    """Cross-attention K/V of every decoder layer. Merged into the cache (`init_cache(...) |
-    precompute_cross_kv(enc)`), they spare decode_step recomputing them from enc every step."""
+    """Cross-attention K/V of every decoder layer, once per input. Merged into the cache
+    (`init_cache(rows, ...) | precompute_cross_kv(enc)`), they spare decode_step recomputing
+    them from enc at every step and for every candidate row of the same input."""
     ks, vs = zip(*(layer.cross_attn.kv(enc_BxNxD, "points") for layer in self.decoder_layers))
-    return {"cross_k_YxBxNxHxK": jnp.stack(ks), "cross_v_YxBxNxHxK": jnp.stack(vs)}
+    return {"cross_k_YxBxHxNxK": jnp.stack(ks), "cross_v_YxBxHxNxK": jnp.stack(vs)}
 
-  def decode_step(self, tokens_Bx1: jax.Array, cache: dict[str, jax.Array], enc_BxNxD: jax.Array,
-                  point_mask_BxN: jax.Array, position: jax.Array) -> tuple[jax.Array, dict]:
-    """Logits_BxV for the token at `position` (a scalar, shared by the batch), given the cache
-    of the earlier positions; returns the cache with this position written. Cross-attention
-    K/V come from the cache when it holds precompute_cross_kv's, else are recomputed from enc
-    (as in flax's wmt example)."""
-    B, S = cache["k_YxBxSxHxK"].shape[1:3]
+  def decode_step(self, tokens_Bx1: jax.Array, cache: dict[str, jax.Array], enc_ExNxD: jax.Array,
+                  point_mask_ExN: jax.Array, position: jax.Array) -> tuple[jax.Array, dict]:
+    """Decoder state (the input of output_logits, BxD) for the token at
+    `position` (a scalar, shared by the batch), given the cache of the earlier positions;
+    returns the cache with this position written. Rows may share inputs: with E inputs and
+    B = E * G rows, rows g*G .. g*G+G-1 read input g (the candidates of one dataset).
+    Cross-attention K/V come from the cache when it holds precompute_cross_kv's (computed
+    once per input), else are recomputed from enc (as in flax's wmt example). Logits are
+    `output_logits(hidden)`; decoding.py may compute only the vocabulary slice it needs."""
+    B, S = cache["k_YxBxHxSxK"].shape[1], cache["k_YxBxHxSxK"].shape[3]
     x_Bx1xD = self._embed_targets(tokens_Bx1, jnp.reshape(position, (1,)))
-    self_mask_Bx1xS = jnp.broadcast_to(jnp.arange(S) <= position, (B, 1, S))
-    cross_Bx1xN = point_mask_BxN[:, None, :]
-    precomputed = "cross_k_YxBxNxHxK" in cache
-    ks, vs = [], []
+    self_mask_Bx1xS = jnp.broadcast_to(jnp.arange(S) < position, (B, 1, S))
+    cross_Ex1xN = point_mask_ExN[:, None, :]
+    precomputed = "cross_k_YxBxHxNxK" in cache
+    cache = dict(cache)
     for i, layer in enumerate(self.decoder_layers):
       def self_kv(h_Bx1xD, a=layer.self_attn, i=i):
-        k_Bx1xHxK, v_Bx1xHxK = a.kv(h_Bx1xD, "length")
-        at = (0, position, 0, 0)
-        ks.append(jax.lax.dynamic_update_slice(cache["k_YxBxSxHxK"][i], k_Bx1xHxK, at))
-        vs.append(jax.lax.dynamic_update_slice(cache["v_YxBxSxHxK"][i], v_Bx1xHxK, at))
-        return ks[-1], vs[-1]
-      cross_kv = ((cache["cross_k_YxBxNxHxK"][i], cache["cross_v_YxBxNxHxK"][i]) if precomputed
-                  else layer.cross_attn.kv(enc_BxNxD, "points"))
-      x_Bx1xD = layer(x_Bx1xD, self_kv, self_mask_Bx1xS, cross_kv, cross_Bx1xN)
-    cache = {**cache, "k_YxBxSxHxK": jnp.stack(ks), "v_YxBxSxHxK": jnp.stack(vs)}
-    return self._logits(x_Bx1xD)[:, 0], cache
+        old = cache["k_YxBxHxSxK"][i], cache["v_YxBxHxSxK"][i]
+        current = a.kv(h_Bx1xD, "length")
+        for name, new_BxHx1xK in zip(("k_YxBxHxSxK", "v_YxBxHxSxK"), current):
+          cache[name] = jax.lax.dynamic_update_slice(cache[name], new_BxHx1xK[None],
+                                                     (i, 0, 0, position, 0))
+        return *old, current
+      cross_kv = ((cache["cross_k_YxBxHxNxK"][i], cache["cross_v_YxBxHxNxK"][i]) if precomputed
+                  else layer.cross_attn.kv(enc_ExNxD, "points"))
+      x_Bx1xD = layer(x_Bx1xD, self_kv, self_mask_Bx1xS, cross_kv, cross_Ex1xN)
+    return x_Bx1xD[:, 0], cache
+
+  def output_logits(self, hidden_xD: jax.Array, vocab_ids: jax.Array | None = None
+                    ) -> jax.Array:
+    """float32 logits of decoder states (any leading shape) over the whole vocabulary, or
+    over `vocab_ids` only, in their order (decoding needs 234 words at most steps)."""
+    if self.config.pre_layer_norm:
+      hidden_xD = self.decoder_ln_final(hidden_xD)
+    embed_VxD, bias_V = self.token_embed[...], self.output_bias[...]
+    if vocab_ids is not None:
+      embed_VxD, bias_V = embed_VxD[vocab_ids], bias_V[vocab_ids]
+    logits_xV = jnp.einsum("...d,vd->...v", hidden_xD, embed_VxD.astype(self.dtype),
+                           preferred_element_type=jnp.float32)
+    return logits_xV + bias_V.astype(jnp.float32)

@@ -32,24 +32,30 @@ _forward = jax.jit(lambda m, p, mask, t: m(p, mask, t))
 _encode = jax.jit(lambda m, p, mask: m.encode(p, mask))
 
 
+@jax.jit
+def _logits_step(m, *args):
+  hidden_BxD, cache = m.decode_step(*args)
+  return m.output_logits(hidden_BxD), cache
+
+
 def test_cached_decode_equals_full_decode(model):
   cfg = model.config
   points, mask, targets = _batch(cfg)
   enc = _encode(model, points, mask)
   full_BxLxV = jax.jit(lambda m, t, e, k: m.decode(t, e, k))(model, targets, enc, mask)
-  step = jax.jit(lambda m, *args: m.decode_step(*args))
+  step = _logits_step
   cache = model.init_cache(B, L + 2)
   for t in range(L):
     logits_BxV, cache = step(model, targets[:, t:t + 1], cache, enc, mask, jnp.int32(t))
     np.testing.assert_allclose(logits_BxV, full_BxLxV[:, t], atol=1e-4, rtol=1e-4)
-  assert cache["k_YxBxSxHxK"].shape == (2, B, L + 2, cfg.num_heads, cfg.head_dim)
-  assert not np.any(np.asarray(cache["k_YxBxSxHxK"][:, :, L:]))
+  assert cache["k_YxBxHxSxK"].shape == (2, B, cfg.num_heads, L + 2, cfg.head_dim)
+  assert not np.any(np.asarray(cache["k_YxBxHxSxK"][:, :, :, L:]))
 
 
 def test_precomputed_cross_kv_equals_recomputed(model):
   points, mask, targets = _batch(model.config)
   enc = _encode(model, points, mask)
-  step = jax.jit(lambda m, *args: m.decode_step(*args))
+  step = _logits_step
   plain = model.init_cache(B, L)
   precomputed = plain | jax.jit(lambda m, e: m.precompute_cross_kv(e))(model, enc)
   for t in range(3):
@@ -57,9 +63,33 @@ def test_precomputed_cross_kv_equals_recomputed(model):
     logits2_BxV, precomputed = step(model, targets[:, t:t + 1], precomputed, enc, mask,
                                     jnp.int32(t))
     np.testing.assert_allclose(logits2_BxV, logits_BxV, atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(precomputed["k_YxBxSxHxK"], plain["k_YxBxSxHxK"], atol=1e-5)
-  assert precomputed["cross_k_YxBxNxHxK"].shape == (2, B, N, model.config.num_heads,
+  np.testing.assert_allclose(precomputed["k_YxBxHxSxK"], plain["k_YxBxHxSxK"], atol=1e-5)
+  assert precomputed["cross_k_YxBxHxNxK"].shape == (2, B, model.config.num_heads, N,
                                                     model.config.head_dim)
+
+
+def test_rows_sharing_an_input_equal_repeated_inputs(model):
+  """G candidate rows per input reading its cross K/V once (decoding's layout) give the
+  logits of each row having its own copy of the input; output_logits over a vocabulary
+  slice equals that slice of the full logits."""
+  G = 3
+  points, mask, targets = _batch(model.config)
+  enc = _encode(model, points, mask)
+  rows_BG = jnp.repeat(targets[:, :4], G, axis=0)
+  cross = jax.jit(lambda m, e: m.precompute_cross_kv(e))
+  shared = model.init_cache(B * G, L) | cross(model, enc)
+  copied = model.init_cache(B * G, L) | cross(model, jnp.repeat(enc, G, axis=0))
+  for t in range(4):
+    logits_BGxV, shared = _logits_step(model, rows_BG[:, t:t + 1], shared, None, mask,
+                                       jnp.int32(t))
+    expected_BGxV, copied = _logits_step(model, rows_BG[:, t:t + 1], copied, None,
+                                         jnp.repeat(mask, G, axis=0), jnp.int32(t))
+    np.testing.assert_allclose(logits_BGxV, expected_BGxV, atol=1e-5, rtol=1e-5)
+  hidden_BGxD, _ = jax.jit(lambda m, *a: m.decode_step(*a))(model, rows_BG[:, :1], shared, None,
+                                                           mask, jnp.int32(0))
+  ids = jnp.array([5, 0, 63, 17])
+  np.testing.assert_allclose(model.output_logits(hidden_BGxD, ids),
+                             model.output_logits(hidden_BGxD)[:, ids], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
