@@ -358,11 +358,14 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
 def _decode(model: Transformer, bags: list, config: InferenceConfig, clock: _Clock):
   """Candidate prefixes (None where invalid) for every bag, in fixed-shape chunks;
   stops early when the time budget runs out (bags left undecoded get none)."""
+  # Sampling decodes the greedy candidate in the same loop, as row 0 of each bag.
+  greedy_row = config.include_greedy and config.method == "sample"
   methods = [decoding.DecodeConfig(
-      config.method, 1 if config.method == "greedy" else config.num_candidates,
+      config.method,
+      1 if config.method == "greedy" else config.num_candidates + greedy_row,
       config.temperature, config.top_k, config.top_p, config.length_penalty,
-      config.max_len, config.seed, config.constrained)]
-  if config.include_greedy and config.method != "greedy":
+      config.max_len, config.seed, config.constrained, greedy_first=greedy_row)]
+  if config.include_greedy and config.method == "beam":
     methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len,
                                          constrained=config.constrained))
   # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.

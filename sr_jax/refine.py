@@ -62,12 +62,15 @@ class RefineConfig:
   seed: int = 0
   batch_size: int = 8  # slots: expressions x starts refined side by side
   sync_every: int = 8  # iterations between refills of finished slots
+  # Under x64: the max_iters iterations run in float32 (3x faster on CPU), then up to
+  # polish_iters in float64 from the float32 result; 0 runs them all in float64.
+  polish_iters: int = 5
 
   def __post_init__(self):
     if self.method not in ("lm", "lbfgs"):
       raise ValueError(f"method must be 'lm' or 'lbfgs', got {self.method!r}")
     if (self.n_starts < 1 or self.max_iters < 0 or self.max_points < 1
-        or self.batch_size < 1 or self.sync_every < 1):
+        or self.batch_size < 1 or self.sync_every < 1 or self.polish_iters < 0):
       raise ValueError(f"invalid RefineConfig: {self}")
 
 
@@ -405,7 +408,8 @@ class _Slots:
                          ("constant_edge", program.constant_edge_BxK)):
       a[name][row] = source[member]
     a["start"][row] = 0.0
-    a["start"][row, :start.size] = start
+    with np.errstate(over="ignore"):  # beyond float32: a NON_FINITE start, handled
+      a["start"][row, :start.size] = start
     a["active"][row] = np.arange(a["active"].shape[1]) < start.size
     x_NxD, y_N, mask_N = data
     x_NxD = x_NxD[:, :operators.MAX_VARIABLES]  # columns no variable can name
@@ -427,7 +431,7 @@ def _device_config(config: RefineConfig) -> RefineConfig:
   functions take it as a static argument, and these should not cause recompiles."""
   default = RefineConfig()
   host_only = ("max_points", "n_starts", "start_log_scale", "start_shift", "seed",
-               "batch_size")
+               "batch_size", "polish_iters")
   return dataclasses.replace(config, **{n: getattr(default, n) for n in host_only})
 
 
@@ -479,10 +483,13 @@ def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
 
   Each dataset is N_i x D_i (a B x N x D array works too); only its first
   `config.max_points` rows with finite x and y count. The prefixes' own constants
-  are the starting point. Runs in float64 when x64 is enabled, else float32.
+  are the starting point. Runs in float32, or with x64 enabled in float64 (after
+  float32 iterations unless config.polish_iters is 0, see `_refine_mixed`).
   """
   if not len(prefixes) == len(xs) == len(ys):
     raise ValueError(f"{len(prefixes)} prefixes, {len(xs)} x and {len(ys)} y")
+  if config.polish_iters and interpreter.float_dtype() == jnp.float64:
+    return _refine_mixed(prefixes, xs, ys, config)
   rng = np.random.default_rng(config.seed)
   dtype = interpreter.float_dtype()
   prepared = {}  # one copy per dataset, not per candidate
@@ -551,3 +558,20 @@ def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
       prefixes=[compiler.with_constants(p, c) for p, c in zip(prefixes, constants)],
       constants=constants, loss=loss, r2=r2, status=status,
       iterations=np.array([best[i][4] for i in range(len(prefixes))], np.int32))
+
+
+def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
+  """float32 iterations, then a float64 polish: LM converges quadratically near a
+  minimum, so a few float64 steps from the float32 optimum reach float64 accuracy.
+  Measured on 1,949 decoded candidates: 2.3x faster than float64 throughout, with as
+  many R2 > 0.99 (BENCHMARKS.md). Where float32 cannot evaluate an expression (a
+  constant or a value beyond its range), the polish starts from the given constants.
+  The result is the polish's; iterations count both stages."""
+  with jax.enable_x64(False):
+    rough = refine(prefixes, xs, ys, dataclasses.replace(config, polish_iters=0))
+  starts = [p if np.isfinite(loss) and np.all(np.isfinite(c)) else list(start)
+            for start, p, c, loss in zip(prefixes, rough.prefixes, rough.constants,
+                                         rough.loss)]
+  polish = refine(starts, xs, ys, dataclasses.replace(
+      config, polish_iters=0, max_iters=config.polish_iters, n_starts=1))
+  return dataclasses.replace(polish, iterations=polish.iterations + rough.iterations)

@@ -272,3 +272,96 @@ def test_constrained_decoding_reads_only_the_input_features():
   assert invalid == 0
   used = set().union(*(expressions.variables_used(p) for row in prefixes for p in row))
   assert used and used <= {0, 1}
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_greedy_first_row_is_the_greedy_decode(constrained):
+  """Sampling with greedy_first: row 0 of each input equals a separate greedy decode,
+  the other rows are samples (they differ from it and from each other)."""
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(3))
+  points = jnp.asarray(np.random.default_rng(2).integers(
+      1, model.config.encoder_vocab_size, (2, N, model.config.point_tokens), dtype=np.int32))
+  mask = jnp.ones((2, N), bool)
+  greedy = decode(model, points, mask, DecodeConfig("greedy", max_len=24,
+                                                    constrained=constrained))
+  mixed = decode(model, points, mask, DecodeConfig(
+      "sample", num_candidates=5, max_len=24, constrained=constrained, greedy_first=True))
+  np.testing.assert_array_equal(mixed.tokens_BxCxL[:, 0], greedy.tokens_BxCxL[:, 0])
+  np.testing.assert_allclose(mixed.log_probs_BxC[:, 0], greedy.log_probs_BxC[:, 0],
+                             rtol=1e-5)
+  rows = {tuple(r) for r in np.asarray(mixed.tokens_BxCxL).reshape(-1, 24)}
+  assert len(rows) > 2 + 2
+  with pytest.raises(ValueError, match="greedy_first"):
+    DecodeConfig("beam", num_candidates=2, greedy_first=True)
+
+
+def _constrained_log_probs(model, points, mask, tokens_BxCxL):
+  """Sum over generated tokens of log softmax over the tokens grammar_mask allows,
+  from one full-vocabulary teacher-forced pass: the reference for the decoder's
+  vocabulary-split constrained step."""
+  B, C, L = tokens_BxCxL.shape
+  rows_BCxL = jnp.asarray(tokens_BxCxL).reshape(B * C, L)
+  logits_BCxLxV = jax.jit(lambda m, p, k, t: m(p, k, t))(
+      model, jnp.repeat(points, C, axis=0), jnp.repeat(mask, C, axis=0), rows_BCxL[:, :-1])
+  dims_BC = jnp.repeat(decoding.input_dimensions(points), C, axis=0)
+  total_BC = np.zeros(B * C)
+  for t in range(L - 1):
+    allowed_BCxV = decoding.grammar_mask(rows_BCxL, jnp.int32(t), dims_BC)
+    log_probs_BCxV = jax.nn.log_softmax(jnp.where(allowed_BCxV, logits_BCxLxV[:, t], -jnp.inf))
+    next_BC = rows_BCxL[:, t + 1]
+    chosen = np.asarray(jnp.take_along_axis(log_probs_BCxV, next_BC[:, None], axis=1)[:, 0])
+    total_BC += np.where(np.asarray(next_BC) == PAD_ID, 0.0, chosen)
+  return total_BC.reshape(B, C)
+
+
+def test_constrained_step_matches_the_full_vocabulary():
+  """The constrained loop computes mantissa logits only for the rows that need them,
+  in compacted chunks of 8 rows here (32 rows per step): its greedy tokens and the
+  log-probabilities of its samples equal the full-vocabulary masked computation."""
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(4))
+  signs = [tokens.DECODER_VOCAB.ids[w] for w in tokens.SIGN_WORDS]
+  model.output_bias[...] = model.output_bias[...].at[jnp.asarray(signs)].set(3.0)  # floats
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, N, 3))
+  samples = [type("S", (), {"x": x[b], "y": np.sin(x[b, :, 0])})() for b in range(2)]
+  points = jnp.asarray(data.tokenize_points(samples, N))
+  mask = jnp.ones((2, N), bool)
+  sampled = decode(model, points, mask, DecodeConfig("sample", num_candidates=16, max_len=24,
+                                                     constrained=True))
+  np.testing.assert_allclose(sampled.log_probs_BxC,
+                             _constrained_log_probs(model, points, mask, sampled.tokens_BxCxL),
+                             rtol=1e-4, atol=1e-4)
+  words_BCxL = np.asarray(sampled.tokens_BxCxL).reshape(32, 24)
+  # Some step had more rows needing a mantissa than one chunk holds.
+  assert np.isin(words_BCxL, decoding._vocab_split()[0]).sum(axis=0).max() > 8
+  greedy = decode(model, points, mask, DecodeConfig("greedy", max_len=24, constrained=True))
+  tokens_BxL = np.full((2, 24), PAD_ID, np.int32)
+  tokens_BxL[:, 0] = BOS_ID
+  full = jax.jit(lambda m, p, k, t: m(p, k, t))
+  dims_B = decoding.input_dimensions(points)
+  for t in range(23):
+    logits_BxV = full(model, points, mask, jnp.asarray(tokens_BxL))[:, t]
+    allowed_BxV = decoding.grammar_mask(jnp.asarray(tokens_BxL), jnp.int32(t), dims_B)
+    done_B = (tokens_BxL == EOS_ID).any(axis=1)
+    tokens_BxL[:, t + 1] = np.where(done_B, PAD_ID, np.argmax(
+        np.where(allowed_BxV, logits_BxV, -np.inf), axis=-1))
+  np.testing.assert_array_equal(greedy.tokens_BxCxL[:, 0], tokens_BxL)
+
+
+def test_two_level_sampling_follows_the_softmax():
+  """_sample_rows (block by mass, then token in block) draws from softmax(logits):
+  frequencies over 200k rows match it; masked tokens never come, even at u -> 1."""
+  logits_V = np.random.default_rng(4).normal(size=37)  # 7 blocks of 6, the last padded
+  logits_V[[0, 5, 36]] = -np.inf
+  rows = 200_000
+  uniform_Rx2 = jax.random.uniform(jax.random.key(0), (rows, 2))
+  drawn_R = np.asarray(decoding._sample_rows(
+      uniform_Rx2, jnp.broadcast_to(jnp.asarray(logits_V, jnp.float32), (rows, 37))))
+  probs_V = np.asarray(jax.nn.softmax(jnp.asarray(logits_V)))
+  counts_V = np.bincount(drawn_R, minlength=37)
+  assert counts_V[[0, 5, 36]].sum() == 0
+  sigma_V = np.sqrt(rows * probs_V * (1 - probs_V)) + 1
+  assert np.all(np.abs(counts_V - rows * probs_V) < 5 * sigma_V)
+  edge = decoding._sample_rows(jnp.full((1, 2), 1 - 2**-24),
+                               jnp.asarray(logits_V, jnp.float32)[None])
+  assert int(edge[0]) == 35

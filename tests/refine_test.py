@@ -125,3 +125,20 @@ def test_points_float32_cannot_hold_are_missing():
   assert result.status_names() == ["CONVERGED"]
   np.testing.assert_allclose(result.constants[0], [2.0], rtol=1e-4)
   assert result.r2[0] > 0.999  # the variance skips the point the loss skips
+
+
+def test_float32_then_float64_polish_reaches_float64_accuracy():
+  prefixes, xs, ys, truths = _perturbed_problems(8, seed=6)
+  ys[0] = ys[0].copy()
+  ys[0][5] = 1e39  # float32 cannot hold it: the polish still counts it
+  with jax.enable_x64(True):
+    mixed = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=60))
+    pure = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=60,
+                                                                polish_iters=0))
+  finite = [i for i in range(1, 8) if pure.loss[i] < 1e-12]
+  assert len(finite) >= 5
+  assert np.all(mixed.loss[finite] < 1e-12)
+  for i in finite:
+    np.testing.assert_allclose(mixed.constants[i], pure.constants[i], rtol=1e-7)
+  # Dataset 0's loss counts its 1e39 point, as pure float64's does, and is no worse.
+  assert 1e70 < pure.loss[0] < np.inf and 1e70 < mixed.loss[0] <= pure.loss[0] * (1 + 1e-6)
