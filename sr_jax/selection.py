@@ -23,6 +23,11 @@ SELECTION_RULES = ("r2", "penalized")
 # Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
 _ELEMENT_BUDGET = 1 << 24
 _POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Coarse shape buckets: each (length, constants) pair is one compiled program (~0.3 s
+# each in float64; compilation dominated a cold ranking), while evaluate_batch already
+# skips the padding rows of shorter programs and padded constants cost nothing.
+_LENGTH_BUCKETS = (8, 16, 32, 64)
+_CONSTANT_BUCKETS = (8, 32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +60,8 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   r2 = np.full(len(prefixes), -np.inf)
   groups: dict[tuple[int, int], list[int]] = {}
   for i, prefix in enumerate(prefixes):
-    key = (compiler.bucket(compiler.num_operator_nodes(prefix), compiler.LENGTH_BUCKETS),
-           compiler.bucket(max(expressions.num_constants(prefix), 1),
-                           compiler.CONSTANT_BUCKETS))
+    key = (compiler.bucket(compiler.num_operator_nodes(prefix), _LENGTH_BUCKETS),
+           compiler.bucket(max(expressions.num_constants(prefix), 1), _CONSTANT_BUCKETS))
     groups.setdefault(key, []).append(i)
   for (length, slots), members in groups.items():
     chunk = max(8, min(512, 1 << (_ELEMENT_BUDGET // (length * num_points)).bit_length() - 1))

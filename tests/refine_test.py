@@ -142,3 +142,15 @@ def test_float32_then_float64_polish_reaches_float64_accuracy():
     np.testing.assert_allclose(mixed.constants[i], pure.constants[i], rtol=1e-7)
   # Dataset 0's loss counts its 1e39 point, as pure float64's does, and is no worse.
   assert 1e70 < pure.loss[0] < np.inf and 1e70 < mixed.loss[0] <= pure.loss[0] * (1 + 1e-6)
+
+
+def test_float32_overflow_gets_the_whole_float64_budget():
+  """exp(x) near x = 90 overflows float32: that expression is refined in float64 with
+  the whole budget (not just the polish), and is recovered as pure float64 does."""
+  x = np.linspace(88, 92, 40)[:, None]
+  y = 2.0 * np.exp(1.0 * x[:, 0])
+  start = ["mul", 3.0, "exp", "mul", 1.02, "x_0"]
+  with jax.enable_x64(True):
+    result = refine.refine([start], [x], [y], refine.RefineConfig(max_iters=100))
+  np.testing.assert_allclose(result.constants[0], [2.0, 1.0], rtol=1e-6)
+  assert result.iterations[0] > refine.RefineConfig().polish_iters
