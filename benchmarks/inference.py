@@ -6,9 +6,10 @@
 Datasets are test samples of sr_jax.generator (E2E's distribution, 200 points each,
 so one bag per dataset). Settings as the issue fixes them: C=10 samples per bag (plus
 the greedy decode), up to 10 bags, K=10 refined. With random weights the decoder
-never emits EOS, so every candidate runs to max_len and is invalid: a worst case for
-decoding and a best case for refinement; a trained model gives the realistic split.
-A first call on a few datasets compiles the shapes; the timed call reuses them.
+rarely chooses EOS, so (constrained) candidates run to max_len: a worst case for
+decoding that says little about refinement; a trained model gives the realistic split.
+A first call on a few datasets compiles most shapes; scoring and refinement shapes it
+did not meet compile inside the timed call.
 
 The original E2E processes datasets one by one: decoding, then up to K BFGS runs of
 up to 1 s each. Its refinement alone, at the ~2.9 expressions/s measured here for
