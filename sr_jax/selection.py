@@ -23,8 +23,8 @@ SELECTION_RULES = ("r2", "penalized")
 # Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
 _ELEMENT_BUDGET = 1 << 24
 _POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-# Coarse shape buckets: each (length, constants) pair is one compiled program (~0.3 s
-# each in float64; compilation dominated a cold ranking), while evaluate_batch already
+# Coarse shape buckets: each (length, constants, chunk) triple is one compiled program
+# (~0.3 s each in float64; compilation dominated a cold ranking), while evaluate_batch
 # skips the padding rows of shorter programs and padded constants cost nothing.
 _LENGTH_BUCKETS = (8, 16, 32, 64)
 _CONSTANT_BUCKETS = (8, 32)
@@ -58,22 +58,24 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   data = (jnp.asarray(x_MxNxD, dtype), jnp.asarray(y_MxN, dtype), jnp.asarray(mask_MxN))
   mse = np.full(len(prefixes), np.inf)
   r2 = np.full(len(prefixes), -np.inf)
-  groups: dict[tuple[int, int], list[int]] = {}
-  for i, prefix in enumerate(prefixes):
-    key = (compiler.bucket(compiler.num_operator_nodes(prefix), _LENGTH_BUCKETS),
-           compiler.bucket(max(expressions.num_constants(prefix), 1), _CONSTANT_BUCKETS))
-    groups.setdefault(key, []).append(i)
-  for (length, slots), members in groups.items():
-    chunk = max(8, min(512, 1 << (_ELEMENT_BUDGET // (length * num_points)).bit_length() - 1))
-    for begin in range(0, len(members), chunk):
-      rows = members[begin:begin + chunk]
-      padded = rows + [rows[0]] * (chunk - len(rows))
-      program = compiler.compile_batch([prefixes[i] for i in padded], length, slots)
-      ids = jnp.asarray([dataset_ids[i] for i in padded], jnp.int32)
-      out = _score_chunk(tuple(map(jnp.asarray, program.arrays)),
-                         jnp.asarray(program.constants_BxK, dtype), ids, *data)
-      chunk_mse, chunk_r2 = (np.asarray(a, np.float64)[:len(rows)] for a in out)
-      mse[rows], r2[rows] = chunk_mse, chunk_r2
+  # One program shape per call: every candidate padded to the call's longest, in
+  # chunks of similar lengths (evaluate_batch skips the padding rows a chunk shares).
+  nodes = [compiler.num_operator_nodes(p) for p in prefixes]
+  length = compiler.bucket(max(nodes), _LENGTH_BUCKETS)
+  slots = compiler.bucket(max(max(map(expressions.num_constants, prefixes)), 1),
+                          _CONSTANT_BUCKETS)
+  chunk = max(8, min(512, 1 << (_ELEMENT_BUDGET // (length * num_points)).bit_length() - 1,
+                     1 << (len(prefixes) - 1).bit_length()))
+  order = np.argsort(nodes, kind="stable")
+  for begin in range(0, len(prefixes), chunk):
+    rows = order[begin:begin + chunk].tolist()
+    padded = rows + [rows[0]] * (chunk - len(rows))
+    program = compiler.compile_batch([prefixes[i] for i in padded], length, slots)
+    ids = jnp.asarray([dataset_ids[i] for i in padded], jnp.int32)
+    out = _score_chunk(tuple(map(jnp.asarray, program.arrays)),
+                       jnp.asarray(program.constants_BxK, dtype), ids, *data)
+    chunk_mse, chunk_r2 = (np.asarray(a, np.float64)[:len(rows)] for a in out)
+    mse[rows], r2[rows] = chunk_mse, chunk_r2
   return Scores(mse, r2)
 
 
