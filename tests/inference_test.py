@@ -162,3 +162,30 @@ def test_model_decoding_path_is_deterministic_and_batched():
     assert a.candidates == b.candidates
     scores = [c.score for c in a.candidates]
     assert scores == sorted(scores, reverse=True) and a.best.score == max(scores)
+
+
+def test_groups_and_the_decoding_thread_do_not_change_results(monkeypatch):
+  """Ranking and refinement run per group of datasets while the next bags decode in a
+  worker thread: one dataset per group gives the same tables as all in one group (up
+  to rounding: a group's shapes are padded to its own largest dataset), and an error
+  raised while decoding reaches the caller."""
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(4)
+  datasets = [(rng.normal(size=(n, 2)), rng.normal(size=n)) for n in (40, 250, 60, 90)]
+  config = inference.InferenceConfig(num_candidates=3, max_len=16, num_refine=2,
+                                     max_bags=2, decode_batch=2)
+  together = inference.run(model, datasets, config)
+  monkeypatch.setattr(inference, "_GROUP", 1)
+  apart = inference.run(model, datasets, config)
+  def table(result):
+    return sorted((str(expressions.skeleton(list(c.prefix))), c.refined, c.r2)
+                  for c in result.candidates)
+  for a, b in zip(apart.results, together.results):
+    assert [row[:2] for row in table(a)] == [row[:2] for row in table(b)]
+    np.testing.assert_allclose([row[2] for row in table(a)], [row[2] for row in table(b)],
+                               rtol=1e-6, atol=1e-9)
+  assert apart.seconds["decode"] > 0 and apart.seconds["refine"] > 0
+  small_vocabulary = Transformer(model_config("debug", decoder_vocab_size=64),
+                                 rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="decoder vocabulary"):
+    inference.run(small_vocabulary, datasets, config)
