@@ -1,17 +1,20 @@
 """Candidate generation (reference.md section 5.2): greedy, sampling and beam search.
 
 Each method is one `lax.while_loop` over a `flax.struct.dataclass` state with the model's
-self-attention KV cache (wmt/t5x structure). The encoder runs once; for sampling and beam search
-its output is repeated C times, so the decoder runs batched over (inputs x candidates), flattened
-B-major. `decode` splits the NNX model into (graphdef, state) and calls one `jax.jit` with
-graphdef and the DecodeConfig static: one compile per (model structure, config, input shapes).
+self-attention KV cache (wmt/t5x structure). The encoder and the cross-attention K/V run once
+per input; the decoder runs batched over (inputs x candidates), flattened B-major, and the C
+candidate rows of an input attend to its K/V as one group of queries. `decode` splits the
+NNX model into (graphdef, state) and calls one `jax.jit` with graphdef and the DecodeConfig
+static: one compile per (model structure, config, input shapes).
 
 Conventions shared by all methods:
 - PAD and BOS are never emitted (masked out before choosing), so every row is BOS, generated
   tokens, EOS (unless max_len was reached first), then PAD.
 - `log_probs_BxC` is the sum over generated tokens (EOS included) of log softmax(logits) of the
   model itself: no temperature, no top-k/top-p truncation, no PAD/BOS masking. It is what a
-  teacher-forced forward pass gives, and is comparable across methods.
+  teacher-forced forward pass gives, and is comparable across methods. Constrained, the
+  softmax is over the tokens the grammar allows at each step (the model restricted to
+  valid formulas), so the mantissa logits are only computed where one can come.
 - `scores_BxC` = log_probs / (lengths - 1) ** length_penalty, E2E's beam score (lengths - 1
   generated tokens equals E2E's len(hyp): BOS plus tokens, EOS excluded).
 """
