@@ -200,17 +200,19 @@ def _invert_cdf(uniform_B: jax.Array, weights_BxK: jax.Array) -> jax.Array:
 
 
 def _choose(logits_BxV: jax.Array, uniform_Bx2: jax.Array, greedy_B: jax.Array,
-            cfg: DecodeConfig) -> tuple[jax.Array, jax.Array]:
+            cfg: DecodeConfig) -> jax.Array:
   """The next token of each row (an index into the logits' last axis): the argmax for
-  greedy rows, else a sample; and its log probability under softmax(logits) (no
-  temperature, no truncation)."""
+  greedy rows, else a sample."""
   index_B = jnp.argmax(logits_BxV, axis=-1)
   if cfg.method != "greedy":
     index_B = jnp.where(greedy_B, index_B, _sample_rows(uniform_Bx2, _truncate(
         logits_BxV / cfg.temperature, cfg.top_k, cfg.top_p)))
-  log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), index_B[:, None],
-                                   axis=-1)[:, 0]
-  return index_B.astype(jnp.int32), log_prob_B
+  return index_B.astype(jnp.int32)
+
+
+def _log_prob(logits_BxV: jax.Array, index_B: jax.Array) -> jax.Array:
+  """log softmax(logits) at each row's index (no temperature, no truncation)."""
+  return jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), index_B[:, None], axis=-1)[:, 0]
 
 
 # The decoder grammar, per token id: its kind, and how it changes the number of operands
@@ -310,10 +312,9 @@ def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
                                              greedy_B, cfg)
     else:
       logits_BxV = model.output_logits(hidden_BxD)
-      next_B, _ = _choose(_mask_specials(logits_BxV), uniform_Bx2, greedy_B, cfg)
+      next_B = _choose(_mask_specials(logits_BxV), uniform_Bx2, greedy_B, cfg)
       # The model's own log-probability: PAD and BOS are masked only for choosing.
-      log_prob_B = jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), next_B[:, None],
-                                       axis=-1)[:, 0]
+      log_prob_B = _log_prob(logits_BxV, next_B)
     next_B = jnp.where(s.done_B, PAD_ID, next_B).astype(jnp.int32)
     tokens_BxL = jax.lax.dynamic_update_slice_in_dim(s.tokens_BxL, next_B[:, None],
                                                      s.position + 1, axis=1)
@@ -339,9 +340,12 @@ def _constrained_step(model, hidden_BxD, s: _SampleState, dims_B, uniform_Bx2, g
   allowed_BxO = grammar_mask(s.tokens_BxL, s.position, dims_B, other_ids)
   logits_BxO = jnp.where(allowed_BxO, model.output_logits(hidden_BxD, other_ids), -jnp.inf)
   wants_mantissa_B = ~jnp.any(allowed_BxO, axis=-1)  # only a mantissa may come next
-  index_B, log_prob_B = _choose(jnp.where(wants_mantissa_B[:, None], 0.0, logits_BxO),
-                                uniform_Bx2, greedy_B, cfg)
+  # Rows that need a mantissa choose among zeros here (no NaN); the mantissa pass below
+  # overwrites their token and log-probability.
+  logits_BxO = jnp.where(wants_mantissa_B[:, None], 0.0, logits_BxO)
+  index_B = _choose(logits_BxO, uniform_Bx2, greedy_B, cfg)
   next_B = jnp.asarray(other_ids, jnp.int32)[index_B]
+  log_prob_B = _log_prob(logits_BxO, index_B)
 
   chunk = min(B, max(8, -(-B // 128) * 8))  # ~B/16 rows
   rank_B = jnp.cumsum(wants_mantissa_B) - 1
@@ -353,8 +357,9 @@ def _constrained_step(model, hidden_BxD, s: _SampleState, dims_B, uniform_Bx2, g
     rows_M = jnp.full(chunk, B, jnp.int32).at[slot_B].set(jnp.arange(B, dtype=jnp.int32),
                                                           mode="drop")
     take = functools.partial(jnp.take, indices=rows_M, axis=0, mode="clip")
-    index_M, log_prob_M = _choose(model.output_logits(take(hidden_BxD), mantissa_ids),
-                                  take(uniform_Bx2), take(greedy_B), cfg)
+    logits_MxV = model.output_logits(take(hidden_BxD), mantissa_ids)
+    index_M = _choose(logits_MxV, take(uniform_Bx2), take(greedy_B), cfg)
+    log_prob_M = _log_prob(logits_MxV, index_M)
     next_B = next_B.at[rows_M].set(jnp.asarray(mantissa_ids, jnp.int32)[index_M],
                                    mode="drop")
     return j + 1, next_B, log_prob_B.at[rows_M].set(log_prob_M, mode="drop")

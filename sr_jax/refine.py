@@ -592,8 +592,8 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
                    [ys[i] for i in again], dataclasses.replace(config, n_starts=1),
                    [config.max_iters] * len(again))
     polish = RefineResult(**{
-        name: _replace_at(getattr(polish, name), again, getattr(redo, name))
-        for name in ("prefixes", "constants", "loss", "r2", "status", "iterations")})
+        field.name: _replace_at(getattr(polish, field.name), again, getattr(redo, field.name))
+        for field in dataclasses.fields(RefineResult)})
   return dataclasses.replace(polish, iterations=polish.iterations + np.where(
       usable, rough.iterations, 0))
 
