@@ -29,6 +29,12 @@ OPCODES = {name: i + 1 for i, name in enumerate(operators.OPERATORS)}
 
 LENGTH_BUCKETS = (4, 8, 12, 16, 24, 32, 48, 64)
 CONSTANT_BUCKETS = (1, 2, 4, 8, 16, 32)
+# Coarser buckets for calls that pad all their expressions to one shape (refine.py,
+# selection.py): a few compiled programs serve calls of any size, and the node loops
+# skip padding rows, so coarse node buckets are cheap.
+CALL_NODE_BUCKETS = (16, 32, 64)
+CALL_CONSTANT_BUCKETS = (4, 8, 16, 32)
+CALL_POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
 def bucket(size: int, buckets: Sequence[int]) -> int:

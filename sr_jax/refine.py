@@ -5,7 +5,7 @@ E2E refines each candidate's constants with scipy BFGS, one expression at a time
 jitted Levenberg-Marquardt (default) or L-BFGS loop: every `sync_every` iterations
 the host hands the slots whose expression has finished to waiting ones, so no slot
 idles behind a slow neighbour. A call has one shape (B slots x L nodes x K constants
-x N points, each bucketed), hence one compiled program; points are evaluated in
+x N points, each bucketed by compiler.CALL_*_BUCKETS), hence one compiled program; points are evaluated in
 chunks and a step only runs the chunks its slots' datasets fill.
 
 LM needs the Jacobian of the residuals, one row per point; `interpreter` gets it with
@@ -30,15 +30,6 @@ from sr_jax import compiler
 from sr_jax import expressions
 from sr_jax import interpreter
 from sr_jax import operators
-
-# A call pads all its expressions to one bucket of operator nodes, of constants and
-# of points, and x to the language's 10 variables: calls of any size share a few
-# compiled programs (the node loop skips padding rows: coarse length buckets are
-# cheap).
-POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024)
-OPERATOR_BUCKETS = (16, 32, 64)
-CONSTANT_BUCKETS = (4, 8, 16, 32)
-
 
 class Status(enum.IntEnum):
   CONVERGED = 0  # relative loss change below tolerance
@@ -514,7 +505,7 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int]) -> R
       raise expressions.ExpressionError(
           f"expression uses x_{max(used)} but the data has {x_NxD.shape[1]} feature(s)")
   num_points = compiler.bucket(max((len(y) for _, y, _ in data), default=1) or 1,
-                               POINT_BUCKETS)
+                               compiler.CALL_POINT_BUCKETS)
   entries = []  # (expression index, start constants)
   for i, prefix in enumerate(prefixes):
     constants = np.array([t for t in prefix if not isinstance(t, str)], np.float64)
@@ -531,9 +522,9 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int]) -> R
     program = compiler.compile_batch(
         [prefixes[entries[e][0]] for e in members],
         compiler.bucket(max(compiler.num_operator_nodes(prefixes[entries[e][0]])
-                            for e in members), OPERATOR_BUCKETS),
+                            for e in members), compiler.CALL_NODE_BUCKETS),
         compiler.bucket(max(max(entries[e][1].size for e in members), 1),
-                        CONSTANT_BUCKETS))
+                        compiler.CALL_CONSTANT_BUCKETS))
     results = _refine_stream(program, [entries[e][1] for e in members],
                              [data[entries[e][0]] for e in members],
                              [budgets[entries[e][0]] for e in members],

@@ -22,12 +22,6 @@ from sr_jax import interpreter
 SELECTION_RULES = ("r2", "penalized")
 # Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
 _ELEMENT_BUDGET = 1 << 24
-_POINT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-# Coarse shape buckets: each (length, constants, chunk) triple is one compiled program
-# (~0.3 s each in float64; compilation dominated a cold ranking), while evaluate_batch
-# skips the padding rows of shorter programs and padded constants cost nothing.
-_LENGTH_BUCKETS = (8, 16, 32, 64)
-_CONSTANT_BUCKETS = (8, 32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +40,7 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   if not prefixes:
     return Scores(np.zeros(0), np.zeros(0))
   dtype = interpreter.float_dtype()
-  num_points = compiler.bucket(max(len(y) for y in ys), _POINT_BUCKETS)
+  num_points = compiler.bucket(max(len(y) for y in ys), compiler.CALL_POINT_BUCKETS)
   num_features = max(x.shape[1] for x in xs)
   x_MxNxD = np.zeros((len(xs), num_points, num_features))
   y_MxN = np.zeros((len(xs), num_points))
@@ -58,12 +52,13 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   data = (jnp.asarray(x_MxNxD, dtype), jnp.asarray(y_MxN, dtype), jnp.asarray(mask_MxN))
   mse = np.full(len(prefixes), np.inf)
   r2 = np.full(len(prefixes), -np.inf)
-  # One program shape per call: every candidate padded to the call's longest, in
-  # chunks of similar lengths (evaluate_batch skips the padding rows a chunk shares).
+  # One program shape per call (~0.3 s to compile in float64; compilation dominated a
+  # cold ranking): every candidate padded to the call's longest, in chunks of similar
+  # lengths (evaluate_batch skips the padding rows a chunk shares).
   nodes = [compiler.num_operator_nodes(p) for p in prefixes]
-  length = compiler.bucket(max(nodes), _LENGTH_BUCKETS)
+  length = compiler.bucket(max(nodes), compiler.CALL_NODE_BUCKETS)
   slots = compiler.bucket(max(max(map(expressions.num_constants, prefixes)), 1),
-                          _CONSTANT_BUCKETS)
+                          compiler.CALL_CONSTANT_BUCKETS)
   chunk = max(8, min(512, 1 << (_ELEMENT_BUDGET // (length * num_points)).bit_length() - 1,
                      1 << (len(prefixes) - 1).bit_length()))
   order = np.argsort(nodes, kind="stable")
