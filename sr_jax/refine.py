@@ -5,8 +5,9 @@ E2E refines each candidate's constants with scipy BFGS, one expression at a time
 jitted Levenberg-Marquardt (default) or L-BFGS loop: every `sync_every` iterations
 the host hands the slots whose expression has finished to waiting ones, so no slot
 idles behind a slow neighbour. A call has one shape (B slots x L nodes x K constants
-x N points, each bucketed by compiler.CALL_*_BUCKETS), hence one compiled program; points are evaluated in
-chunks and a step only runs the chunks its slots' datasets fill.
+x N points, each bucketed by compiler.CALL_*_BUCKETS), hence one compiled program;
+points are evaluated in chunks and a step only runs the chunks its slots' datasets
+fill.
 
 LM needs the Jacobian of the residuals, one row per point; `interpreter` gets it with
 one reverse sweep over the expression tree (a NaN at one masked point stays in its
