@@ -50,6 +50,23 @@ def test_batch_equals_one_at_a_time():
     assert alone.status[0] == batch.status[i]
 
 
+def test_streams_do_not_change_results():
+  """Slots never interact, so splitting a call over host threads changes nothing,
+  bit for bit; each thread runs in the caller's precision (x64 is thread-local)."""
+  prefixes, xs, ys, _ = _perturbed_problems(20, seed=7)
+  with jax.enable_x64(True):
+    results = [refine.refine(prefixes, xs, ys,
+                             refine.RefineConfig(max_iters=40, num_streams=streams))
+               for streams in (1, 2, 3)]
+  assert results[0].constants[0].dtype == np.float64
+  for result in results[1:]:
+    for field in ("loss", "r2", "status", "iterations"):
+      np.testing.assert_array_equal(getattr(result, field), getattr(results[0], field))
+    for mine, theirs in zip(result.constants, results[0].constants):
+      np.testing.assert_array_equal(mine, theirs)
+  assert np.mean(results[0].r2 > 0.999) >= 0.8
+
+
 def test_multi_start_is_never_worse():
   prefixes, xs, ys, _ = _perturbed_problems(8, seed=2)
   one = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=30))
