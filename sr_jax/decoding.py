@@ -203,11 +203,20 @@ def _choose(logits_BxV: jax.Array, uniform_Bx2: jax.Array, greedy_B: jax.Array,
             cfg: DecodeConfig) -> jax.Array:
   """The next token of each row (an index into the logits' last axis): the argmax for
   greedy rows, else a sample."""
-  index_B = jnp.argmax(logits_BxV, axis=-1)
+  index_B = _argmax(logits_BxV)
   if cfg.method != "greedy":
     index_B = jnp.where(greedy_B, index_B, _sample_rows(uniform_Bx2, _truncate(
         logits_BxV / cfg.temperature, cfg.top_k, cfg.top_p)))
   return index_B.astype(jnp.int32)
+
+
+def _argmax(x_BxV: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis (first index of the maximum) as two plain
+  reductions: XLA:CPU runs argmax's joint (value, index) reduction ~10x slower, and on
+  the 10,000 mantissa logits it took a fifth of a decoding step."""
+  iota_BxV = jax.lax.broadcasted_iota(jnp.int32, x_BxV.shape, x_BxV.ndim - 1)
+  is_max_BxV = x_BxV == jnp.max(x_BxV, axis=-1, keepdims=True)
+  return jnp.min(jnp.where(is_max_BxV, iota_BxV, x_BxV.shape[-1] - 1), axis=-1)
 
 
 def _log_prob(logits_BxV: jax.Array, index_B: jax.Array) -> jax.Array:

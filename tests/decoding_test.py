@@ -147,6 +147,15 @@ def test_truncate_keeps_top_k_and_nucleus():
   assert kept(1, 0.9) == [True, False, False, False]
 
 
+def test_argmax_matches_numpy_with_ties_and_masked_rows():
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, size=(64, 300)).astype(np.float32)  # many ties
+  x[::5] = np.where(rng.random((13, 300)) < 0.9, -np.inf, x[::5])
+  x[7] = -np.inf  # every token masked
+  np.testing.assert_array_equal(np.asarray(decoding._argmax(jnp.asarray(x))),
+                                np.argmax(x, axis=-1))
+
+
 def test_decode_under_mesh_matches_single_device(model, batch, greedy):
   mesh = make_mesh(MeshConfig(data=2, fsdp=1, tensor=1), jax.devices()[:2])
   points = jnp.concatenate([batch[0], batch[0][:1]])  # batch 4: divisible by the data axis
