@@ -352,6 +352,24 @@ def _score_points(p: _Prepared, config: InferenceConfig) -> tuple[np.ndarray, np
   return p.x_scaled[rows], p.y[rows]
 
 
+def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys: list,
+                    config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
+  """MSE and R2 of the refined candidates on their scoring points, as selection.score
+  computes them. In float64, a dataset that fits within the refinement's max_points was
+  refined on exactly those points, so refinement's own loss and R2 are those numbers
+  (equal to 1e-15; rescoring them was 8% of the refinement stage); the others are
+  rescored."""
+  mse = np.where(np.isfinite(refined.loss), refined.loss, np.inf)
+  r2 = np.where(np.isfinite(mse), refined.r2, -np.inf)
+  rescore = [k for k, (i, _) in enumerate(to_refine)
+             if not config.float64 or len(ys[i]) > config.refine.max_points]
+  if rescore:
+    scores = selection.score([refined.prefixes[k] for k in rescore],
+                             [to_refine[k][0] for k in rescore], xs, ys)
+    mse[rescore], r2[rescore] = scores.mse, scores.r2
+  return mse, r2
+
+
 def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                         config: InferenceConfig, clock: _Clock):
   """Per dataset: (ranked Candidates, number of skeleton duplicates)."""
@@ -377,9 +395,8 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                      for i, _ in to_refine]
     refined = refine.refine([c for _, c in to_refine], [x for x, _ in refine_points],
                             [y for _, y in refine_points], config.refine)
-    rescored = selection.score(refined.prefixes, [i for i, _ in to_refine], xs, ys)
-    for (i, _), prefix, mse, r2 in zip(to_refine, refined.prefixes, rescored.mse,
-                                       rescored.r2):
+    for (i, _), prefix, mse, r2 in zip(to_refine, refined.prefixes,
+                                       *_refined_scores(refined, to_refine, xs, ys, config)):
       pools[i].append((prefix, True, mse, r2))
   elif to_refine:
     for p in prepared:

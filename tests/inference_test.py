@@ -2,11 +2,12 @@
 through the real scaling, scoring, de-duplication, refinement and selection; the scaling
 round trip is exact; bad inputs and bad candidates are named, never hang."""
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from sr_jax import expressions, generator, inference
+from sr_jax import expressions, generator, inference, refine, selection
 from sr_jax.model import Transformer, model_config
 
 
@@ -189,3 +190,24 @@ def test_groups_and_the_decoding_thread_do_not_change_results(monkeypatch):
                                  rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="decoder vocabulary"):
     inference.run(small_vocabulary, datasets, config)
+
+
+def test_refined_scores_equal_rescoring():
+  """Refinement's own float64 loss and R2 stand in for rescoring when it saw all the
+  scoring points; datasets larger than max_points are rescored."""
+  rng = np.random.default_rng(5)
+  truths = [["add", 1.5, "mul", 2.0, "sin", "x_0"], ["mul", 0.7, "exp", "mul", 0.3, "x_1"],
+            ["add", "mul", 3.0, "x_0", "div", 1.0, "add", 2.0, "x_1"]]
+  xs = [rng.uniform(-2, 2, size=(n, 2)) for n in (50, 80, 300)]
+  ys = [expressions.evaluate(t, x) + 0.01 * rng.normal(size=len(x)) for t, x in zip(truths, xs)]
+  to_refine = [(i, _perturb(t, rng)) for i, t in enumerate(truths)]
+  config = inference.InferenceConfig(refine=refine.RefineConfig(max_points=100))
+  with jax.enable_x64(True):
+    refined = refine.refine([c for _, c in to_refine],
+                            [xs[i][:100] for i, _ in to_refine],
+                            [ys[i][:100] for i, _ in to_refine], config.refine)
+    mse, r2 = inference._refined_scores(refined, to_refine, xs, ys, config)
+    rescored = selection.score(refined.prefixes, [i for i, _ in to_refine], xs, ys)
+  np.testing.assert_allclose(mse, rescored.mse, rtol=1e-12)
+  np.testing.assert_allclose(r2, rescored.r2, rtol=1e-12)
+  assert mse[2] != refined.loss[2]  # 300 points: scored on all of them, not 100
