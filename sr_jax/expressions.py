@@ -52,8 +52,18 @@ class Node:
     return out
 
 
+# Arity of every valid string token: the fast path of _check_token (validation runs
+# several times per candidate in inference).
+_ARITY = ({name: op.arity for name, op in operators.OPERATORS.items()}
+          | {f"x_{i}": 0 for i in range(operators.MAX_VARIABLES)})
+
+
 def _check_token(token: Token, position: int) -> int:
   """Returns the arity of a token, or raises ExpressionError naming it."""
+  if type(token) is str and token in _ARITY:
+    return _ARITY[token]
+  if type(token) is float and math.isfinite(token):
+    return 0
   if isinstance(token, (bool, np.bool_)):
     raise ExpressionError(f"token {position}: booleans are not constants ({token!r})")
   if isinstance(token, numbers.Real):
