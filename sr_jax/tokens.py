@@ -251,6 +251,14 @@ def encode_expression(prefix: expressions.Prefix, vocab: Vocabulary = DECODER_VO
   return np.array(ids, dtype=np.int32)
 
 
+def _decode_constant(triple: list[int], position: int, vocab: Vocabulary) -> float:
+  try:
+    return float(decode_floats(np.array(triple), vocab))
+  except ValueError as e:
+    raise expressions.ExpressionError(
+        f"malformed constant at position {position}: {e}") from None
+
+
 def decode_expression(ids: Sequence[int], vocab: Vocabulary = DECODER_VOCAB
                       ) -> list[expressions.Token]:
   """Decoder ids -> a validated prefix. Leading BOS and anything from EOS on are dropped.
@@ -281,21 +289,12 @@ def decode_expression(ids: Sequence[int], vocab: Vocabulary = DECODER_VOCAB
     else:
       prefix.append(vocab.words[i])
       position += 1
-  # One numpy call for all constants (one call each cost ~20 us, most of a parse).
-  if floats and all(len(triple) == TOKENS_PER_FLOAT for *_, triple in floats):
-    try:
+  if floats:
+    try:  # one numpy call for all constants: one call each was most of a parse
       values = decode_floats(np.array([triple for *_, triple in floats]), vocab)
-    except ValueError:
-      values = None  # found and named below
-    if values is not None:
-      for (index, _, _), value in zip(floats, values):
-        prefix[index] = float(value)
-      floats = []
-  for index, position, triple in floats:  # only when some triple is malformed
-    try:
-      prefix[index] = float(decode_floats(np.array(triple), vocab))
-    except ValueError as e:
-      raise expressions.ExpressionError(
-          f"malformed constant at position {position}: {e}") from None
+    except ValueError:  # a malformed or cut-short triple: decode one by one to name it
+      values = [_decode_constant(triple, position, vocab) for _, position, triple in floats]
+    for (index, _, _), value in zip(floats, values):
+      prefix[index] = float(value)
   expressions.validate(prefix)
   return prefix
