@@ -52,16 +52,20 @@ class Node:
     return out
 
 
-# Arity of every valid string token: the fast path of _check_token (validation runs
-# several times per candidate in inference).
+# Arity of every valid string token (a lookup: validation runs several times per
+# candidate in inference).
 _ARITY = ({name: op.arity for name, op in operators.OPERATORS.items()}
           | {f"x_{i}": 0 for i in range(operators.MAX_VARIABLES)})
 
 
 def _check_token(token: Token, position: int) -> int:
   """Returns the arity of a token, or raises ExpressionError naming it."""
-  if type(token) is str and token in _ARITY:
-    return _ARITY[token]
+  if isinstance(token, str):
+    if token in _ARITY:
+      return _ARITY[token]
+    raise ExpressionError(
+        f"token {position}: unknown token {token!r} (operators: "
+        f"{', '.join(operators.OPERATORS)}; variables x_0..x_{operators.MAX_VARIABLES - 1})")
   if type(token) is float and math.isfinite(token):
     return 0
   if isinstance(token, (bool, np.bool_)):
@@ -70,15 +74,7 @@ def _check_token(token: Token, position: int) -> int:
     if not math.isfinite(float(token)):
       raise ExpressionError(f"token {position}: constant {token!r} is not finite")
     return 0
-  if not isinstance(token, str):
-    raise ExpressionError(f"token {position}: {token!r} is neither a string nor a number")
-  if token in operators.OPERATORS:
-    return operators.OPERATORS[token].arity
-  if operators.variable_index(token) is not None:
-    return 0
-  raise ExpressionError(
-      f"token {position}: unknown token {token!r} (operators: "
-      f"{', '.join(operators.OPERATORS)}; variables x_0..x_{operators.MAX_VARIABLES - 1})")
+  raise ExpressionError(f"token {position}: {token!r} is neither a string nor a number")
 
 
 def validate(prefix: Prefix) -> None:
