@@ -62,7 +62,7 @@ class RefineConfig:
   # Results do not depend on it: slots never interact.
   num_streams: int = 2
   sync_every: int = 8  # iterations between refills of finished slots
-  # Under x64: up to max_iters iterations run in float32 (~3x faster per iteration on
+  # Under x64: up to max_iters iterations run in float32 (2-3x faster per iteration on
   # CPU), then up to polish_iters in float64 from that result (see _refine_mixed);
   # 0 runs them all in float64.
   polish_iters: int = 5
@@ -605,9 +605,10 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
   minimum, so a few float64 steps from the float32 result reach float64 accuracy.
   Where float32 fails (the expression or the data overflow its range), or its result
   does not evaluate in float64, the expression is refined in float64 from its own
-  constants with the whole budget instead. Measured (BENCHMARKS.md): 1.5x faster than
-  float64 throughout on decoded candidates, 1.2x on perturbed generated ones, with at
-  least as many R2 > 0.99 on both. Iterations count both stages."""
+  constants with the whole budget instead. Measured (BENCHMARKS.md) on decoded
+  candidates: 1.3-1.5x faster than float64 throughout, with more R2 > 0.99 (on
+  perturbed generated expressions float64 throughout is now the faster, at 0.4 points
+  fewer R2 > 0.99). Iterations count both stages."""
   with jax.enable_x64(False):
     rough = _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes))
   usable = [bool(np.isfinite(loss) and np.all(np.isfinite(c)))
