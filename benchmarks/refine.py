@@ -108,7 +108,7 @@ def _scipy_refine(prefix, x, y, time_limit=1.0):
 
 
 def _compiled_programs():
-  return refine._advance._cache_size() + refine._blank_state._cache_size()
+  return refine._advance._cache_size() + refine._blank_carry._cache_size()
 
 
 def _timed_refine(prefixes, xs, ys, config):

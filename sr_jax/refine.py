@@ -2,9 +2,10 @@
 
 E2E refines each candidate's constants with scipy BFGS, one expression at a time
 (reference.md 5.3). Here all expressions of a call stream through B *slots* of one
-jitted Levenberg-Marquardt (default) or L-BFGS loop: every `sync_every` iterations
-the host hands the slots whose expression has finished to waiting ones, so no slot
-idles behind a slow neighbour. The expressions are dealt to `num_streams` such
+jitted Levenberg-Marquardt (default) or L-BFGS loop. The host hands the device a
+queue of waiting expressions at a time, and the loop moves the next one into a slot
+the moment its expression finishes, so no slot idles behind a slow neighbour and the
+host is only needed once per queue. The expressions are dealt to `num_streams` such
 loops, each driven by its own host thread (a step this small runs on one CPU core).
 A call has one shape (B slots x L nodes x K constants x N points, each bucketed by
 compiler.CALL_*_BUCKETS), hence one compiled program; points are evaluated in chunks
@@ -61,7 +62,9 @@ class RefineConfig:
   # cores); on an accelerator one stream's host work overlaps the other's device work.
   # Results do not depend on it: slots never interact.
   num_streams: int = 2
-  sync_every: int = 8  # iterations between refills of finished slots
+  # Expressions handed to the device loop per call (its queue): the loop returns to
+  # the host when the queue is spent and a slot is free.
+  queue_size: int = 32
   # Under x64: up to max_iters iterations run in float32 (2-3x faster per iteration on
   # CPU), then up to polish_iters in float64 from that result (see _refine_mixed);
   # 0 runs them all in float64.
@@ -71,7 +74,7 @@ class RefineConfig:
     if self.method not in ("lm", "lbfgs"):
       raise ValueError(f"method must be 'lm' or 'lbfgs', got {self.method!r}")
     if (self.n_starts < 1 or self.max_iters < 0 or self.max_points < 1
-        or self.batch_size < 1 or self.sync_every < 1 or self.polish_iters < 0
+        or self.batch_size < 1 or self.queue_size < 1 or self.polish_iters < 0
         or self.num_streams < 1):
       raise ValueError(f"invalid RefineConfig: {self}")
 
@@ -95,7 +98,8 @@ class RefineResult:
 # ---------------------------------------------------------------------------------
 # device side. `slots` holds the B expressions being refined (program rows, start
 # constants, data); `state` their optimiser state. A *fresh* slot has just received
-# a new expression: its first iteration only evaluates the start.
+# a new expression: its first iteration only evaluates the start. A slot without an
+# expression is `done`.
 
 
 def _point_chunk(num_points: int) -> int:
@@ -161,7 +165,7 @@ def _lm_refill(state, slots, fresh_B, config):
   return dict(state,
               constants=jnp.where(fresh_B[:, None], slots["start"], state["constants"]),
               damping=jnp.where(fresh_B, config.initial_damping, state["damping"]),
-              done=jnp.where(fresh_B, slots["idle"], state["done"]),
+              done=state["done"] & ~fresh_B,
               converged=state["converged"] & ~fresh_B,
               iterations=jnp.where(fresh_B, 0, state["iterations"]), fresh=fresh_B)
 
@@ -274,7 +278,7 @@ def _lbfgs_refill(state, slots, fresh_B, config):
       fresh_B.reshape(fresh_B.shape + (1,) * (new.ndim - 1)), new, old)
   return dict(state, constants=pick(slots["start"], state["constants"]),
               opt_state=jax.tree.map(pick, restart, state["opt_state"]),
-              done=jnp.where(fresh_B, slots["idle"], state["done"]),
+              done=state["done"] & ~fresh_B,
               converged=state["converged"] & ~fresh_B,
               iterations=jnp.where(fresh_B, 0, state["iterations"]), fresh=fresh_B)
 
@@ -316,33 +320,70 @@ _METHODS = {"lm": (_lm_blank, _lm_refill, _lm_step),
             "lbfgs": (_lbfgs_blank, _lbfgs_refill, _lbfgs_step)}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layout"))
-def _blank_state(buffers, config, layout):
-  return _METHODS[config.method][0](_unpack(buffers, layout), config)
+@functools.partial(jax.jit, static_argnames=("batch", "config", "layout"))
+def _blank_carry(queue_buffers, batch, config, layout):
+  """B empty slots shaped like the queue's rows, their (done) optimiser state, and
+  which slots hold an expression (none)."""
+  queue = _unpack(queue_buffers, layout)
+  slots = {name: jnp.zeros((batch,) + a.shape[1:], a.dtype) for name, a in queue.items()}
+  # Every node of an empty slot is padding (its own operand), as the interpreter reads it.
+  slots["left"] = slots["right"] = jnp.broadcast_to(
+      jnp.arange(slots["left"].shape[1], dtype=jnp.int32), slots["left"].shape)
+  return dict(slots=slots, state=_METHODS[config.method][0](slots, config),
+              occupied=jnp.zeros(batch, bool))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layout"), donate_argnames="state")
-def _advance(state, buffers, fresh_B, config, layout):
-  """Up to `config.sync_every` iterations; stops early once every slot is done."""
+@functools.partial(jax.jit, static_argnames=("config", "layout"), donate_argnames="carry")
+def _advance(carry, queue_buffers, queue_length, last, config, layout):
+  """Iterates the slots, moving the queue's first `queue_length` expressions into
+  slots as they free up, until the queue is spent while a slot is free (the host has
+  more), or, for the `last` queue, until every slot is done.
+
+  Returns the carry and, for each expression finished in this call, a row of
+  [constants, loss, converged, iterations] and its entry number (-1: unused row).
+  """
   _, refill, step = _METHODS[config.method]
-  slots = _unpack(buffers, layout)
-  state = refill(state, slots, fresh_B, config)
+  queue = _unpack(queue_buffers, layout)
+  batch = carry["occupied"].shape[0]
+  capacity = batch + queue["entry"].shape[0]  # the slots' expressions and the queue's
+  dtype = carry["state"]["loss"].dtype
 
-  def keep_going(carry):
-    iteration, state = carry
-    return (iteration < config.sync_every) & ~jnp.all(state["done"])
+  def place(slots, placed_B, source_B):
+    return jax.tree.map(lambda slot, waiting: jnp.where(
+        placed_B.reshape(placed_B.shape + (1,) * (slot.ndim - 1)), waiting[source_B],
+        slot), slots, queue)
 
-  def advance(carry):
-    iteration, state = carry
-    return iteration + 1, step(state, slots, config)
+  def keep_going(loop):
+    occupied_B, taken = loop[0]["occupied"], loop[1]
+    free = ~jnp.all(occupied_B)
+    return (free & (taken < queue_length)) | (jnp.any(occupied_B) & (~free | last))
 
-  state = jax.lax.while_loop(keep_going, advance, (0, state))[1]
-  # What the host reads after each call, in one transfer.
-  report_BxR = jnp.concatenate(
-      [state["constants"], state["loss"][:, None],
-       jnp.stack([state["done"], state["converged"]], 1).astype(state["loss"].dtype),
-       state["iterations"][:, None].astype(state["loss"].dtype)], axis=1)
-  return state, report_BxR
+  def iterate(loop):
+    carry, taken, report_FxR, entry_F, num_finished = loop
+    free_B = ~carry["occupied"]
+    source_B = taken + jnp.cumsum(free_B, dtype=jnp.int32) - 1
+    placed_B = free_B & (source_B < queue_length)
+    slots = jax.lax.cond(jnp.any(placed_B), place, lambda slots, *_: slots,
+                         carry["slots"], placed_B, jnp.where(placed_B, source_B, 0))
+    state = step(refill(carry["state"], slots, placed_B, config), slots, config)
+    occupied_B = carry["occupied"] | placed_B
+    finished_B = occupied_B & state["done"]
+    row_B = jnp.where(finished_B, num_finished + jnp.cumsum(finished_B, dtype=jnp.int32) - 1,
+                      capacity)
+    report_BxR = jnp.concatenate(
+        [state["constants"], state["loss"][:, None],
+         state["converged"][:, None].astype(dtype),
+         state["iterations"][:, None].astype(dtype)], axis=1)
+    return (dict(slots=slots, state=state, occupied=occupied_B & ~finished_B),
+            taken + jnp.sum(placed_B, dtype=jnp.int32), report_FxR.at[row_B].set(report_BxR, mode="drop"),
+            entry_F.at[row_B].set(slots["entry"], mode="drop"),
+            num_finished + jnp.sum(finished_B, dtype=jnp.int32))
+
+  num_slots = queue["start"].shape[1]
+  carry, _, report_FxR, entry_F, _ = jax.lax.while_loop(keep_going, iterate, (
+      carry, jnp.int32(0), jnp.zeros((capacity, num_slots + 3), dtype),
+      jnp.full(capacity, -1, jnp.int32), jnp.int32(0)))
+  return carry, report_FxR, entry_F
 
 
 # ---------------------------------------------------------------------------------
@@ -388,20 +429,21 @@ def _variance(y_N, mask_N) -> float:
 
 
 class _Slots:
-  """Host copies of the slot inputs (in the working dtype), refilled row by row.
+  """Host rows of slot inputs (in the working dtype): a queue of expressions, each
+  with its program, start, budget, data and entry number.
 
-  The named arrays are views into one buffer per dtype, so a refill reaches the
-  device in three transfers instead of one per array (those took an eighth of a
-  refinement's time); `_unpack` names them again inside the jitted functions."""
+  The named arrays are views into one buffer per dtype, so a queue reaches the device
+  in three transfers instead of one per array; `_unpack` names them again inside the
+  jitted functions."""
 
   def __init__(self, batch, num_nodes, num_slots, num_points, dtype):
     fields = dict(  # name: (dtype, shape of one row)
         opcode=(np.int32, (num_nodes,)), left=(np.int32, (num_nodes,)),
         right=(np.int32, (num_nodes,)), edge=(np.int32, (num_nodes,)),
         constant_edge=(np.int32, (num_slots,)), num_points=(np.int32, ()),
-        budget=(np.int32, ()), start=(dtype, (num_slots,)),
+        budget=(np.int32, ()), entry=(np.int32, ()), start=(dtype, (num_slots,)),
         x=(dtype, (num_points, operators.MAX_VARIABLES)), y=(dtype, (num_points,)),
-        active=(bool, (num_slots,)), mask=(bool, (num_points,)), idle=(bool, ()))
+        active=(bool, (num_slots,)), mask=(bool, (num_points,)))
     group_dtypes = (np.dtype(np.int32), np.dtype(dtype), np.dtype(bool))
     widths = [0] * len(group_dtypes)
     layout = []  # (name, buffer index, first column, row shape): static under jit
@@ -412,12 +454,10 @@ class _Slots:
     self.layout = tuple(layout)
     self.buffers = [np.zeros((batch, width), d) for d, width in zip(group_dtypes, widths)]
     self.arrays = _unpack(self.buffers, self.layout)
-    self.arrays["left"][:] = self.arrays["right"][:] = np.arange(num_nodes)
-    self.arrays["idle"][:] = True
 
   def fill(self, row, program, member, start, data, budget):
     a = self.arrays
-    a["budget"][row] = budget
+    a["budget"][row], a["entry"][row] = budget, member
     for name, source in (("opcode", program.opcode_BxL), ("left", program.left_BxL),
                          ("right", program.right_BxL), ("edge", program.edge_BxL),
                          ("constant_edge", program.constant_edge_BxK)):
@@ -435,10 +475,9 @@ class _Slots:
     a["mask"][row] = False
     a["mask"][row, :len(y_N)] = mask_N
     a["num_points"][row] = len(y_N)
-    a["idle"][row] = False
 
   def device(self):
-    return jax.device_put(self.buffers)  # a copy: the host arrays get refilled
+    return jax.device_put(self.buffers)
 
 
 def _unpack(buffers, layout) -> dict:
@@ -453,7 +492,7 @@ def _device_config(config: RefineConfig) -> RefineConfig:
   functions take it as a static argument, and these should not cause recompiles."""
   default = RefineConfig()
   host_only = ("max_iters", "max_points", "n_starts", "start_log_scale", "start_shift",
-               "seed", "batch_size", "polish_iters", "num_streams")
+               "seed", "batch_size", "polish_iters", "num_streams", "queue_size")
   return dataclasses.replace(config, **{n: getattr(default, n) for n in host_only})
 
 
@@ -462,40 +501,33 @@ def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
   slots; returns per entry constants, loss (MSE), converged flag and iterations."""
   num_entries, num_nodes, num_slots = program.shape
   batch = min(config.batch_size, max(8, 1 << (num_entries - 1).bit_length()))
-  slots = _Slots(batch, num_nodes, num_slots, num_points, dtype)
   device_config = _device_config(config)
+  carry, outputs = None, []
+  for begin in range(0, num_entries, config.queue_size):
+    # A new queue each call: the device may still be copying the previous one.
+    queue = _Slots(config.queue_size, num_nodes, num_slots, num_points, dtype)
+    end = min(begin + config.queue_size, num_entries)
+    for row, e in enumerate(range(begin, end)):
+      queue.fill(row, program, e, starts[e], data[e], budgets[e])
+    buffers = queue.device()
+    if carry is None:
+      carry = _blank_carry(buffers, batch=batch, config=device_config, layout=queue.layout)
+    # Not waited for: the host fills the next queue while the device iterates.
+    carry, *finished = _advance(carry, buffers, np.int32(end - begin),
+                                np.bool_(end == num_entries), config=device_config,
+                                layout=queue.layout)
+    outputs.append(finished)
   constants_ExK = np.zeros((num_entries, num_slots))
   loss_E = np.zeros(num_entries)
   converged_E = np.zeros(num_entries, bool)
   iterations_E = np.zeros(num_entries, np.int32)
-  occupant_B = np.full(batch, -1)
-  waiting = iter(range(num_entries))
-  state = None
-  while True:
-    fresh_B = np.zeros(batch, bool)
-    if state is not None:
-      report_BxR = np.asarray(report_BxR)
-      for row in np.flatnonzero((report_BxR[:, num_slots + 1] > 0) & (occupant_B >= 0)):
-        e = occupant_B[row]
-        constants_ExK[e] = report_BxR[row, :num_slots]
-        loss_E[e], converged_E[e], iterations_E[e] = (
-            report_BxR[row, num_slots:][[0, 2, 3]])
-        occupant_B[row] = -1
-    for row in np.flatnonzero(occupant_B < 0):
-      e = next(waiting, None)
-      if e is None:
-        slots.arrays["idle"][row] = True
-        slots.arrays["num_points"][row] = 0
-        continue
-      slots.fill(row, program, e, starts[e], data[e], budgets[e])
-      occupant_B[row], fresh_B[row] = e, True
-    if np.all(occupant_B < 0):
-      return constants_ExK, loss_E, converged_E, iterations_E
-    device_slots = slots.device()
-    if state is None:
-      state = _blank_state(device_slots, config=device_config, layout=slots.layout)
-    state, report_BxR = _advance(state, device_slots, jnp.asarray(fresh_B),
-                                 config=device_config, layout=slots.layout)
+  for report_FxR, entry_F in outputs:
+    entry_F = np.asarray(entry_F)
+    rows_F = np.asarray(report_FxR)[entry_F >= 0]
+    entry_F = entry_F[entry_F >= 0]
+    constants_ExK[entry_F] = rows_F[:, :num_slots]
+    loss_E[entry_F], converged_E[entry_F], iterations_E[entry_F] = rows_F[:, num_slots:].T
+  return constants_ExK, loss_E, converged_E, iterations_E
 
 
 def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],

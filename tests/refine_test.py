@@ -50,14 +50,15 @@ def test_batch_equals_one_at_a_time():
     assert alone.status[0] == batch.status[i]
 
 
-def test_streams_do_not_change_results():
-  """Slots never interact, so splitting a call over host threads changes nothing,
-  bit for bit; each thread runs in the caller's precision (x64 is thread-local)."""
+def test_streams_and_queues_do_not_change_results():
+  """Slots never interact, so splitting a call over host threads, or handing the
+  expressions to the device loop in queues of any size, changes nothing, bit for bit;
+  each thread runs in the caller's precision (x64 is thread-local)."""
   prefixes, xs, ys, _ = _perturbed_problems(20, seed=7)
   with jax.enable_x64(True):
-    results = [refine.refine(prefixes, xs, ys,
-                             refine.RefineConfig(max_iters=40, num_streams=streams))
-               for streams in (1, 2, 3)]
+    results = [refine.refine(prefixes, xs, ys, refine.RefineConfig(
+        max_iters=40, num_streams=streams, queue_size=queue))
+               for streams, queue in ((1, 32), (2, 32), (3, 32), (1, 3), (2, 1))]
   assert results[0].constants[0].dtype == np.float64
   for result in results[1:]:
     for field in ("loss", "r2", "status", "iterations"):
