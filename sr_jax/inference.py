@@ -256,8 +256,10 @@ class _Clock:
 
 
 # Datasets ranked and refined together while the next ones decode (fixed groups, so
-# results do not depend on timing).
-_GROUP = 128
+# results do not depend on timing). Smaller groups shorten the head (refinement waits
+# for a group's decoding) and the tail (the last group refines alone): 64 kept both
+# CPU cores busier than 128 (1.85 vs 1.78 cores, 1.1x the datasets/s, measured).
+_GROUP = 64
 
 
 def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarray]],
