@@ -203,8 +203,7 @@ def _node_skipping_unused(opcode, a, b):
   """_node, with only the arithmetic operators when no node of this step needs more
   (a branch per step: under vmap every row computes every operator it might need)."""
   arithmetic = np.zeros(len(compiler.OPCODES) + 1, bool)
-  arithmetic[[0] + [compiler.OPCODES[name] for name in _ARITHMETIC
-                    if name in compiler.OPCODES]] = True
+  arithmetic[[0] + [compiler.OPCODES[name] for name in _ARITHMETIC]] = True
   return jax.lax.cond(jnp.all(jnp.asarray(arithmetic)[opcode]),
                       functools.partial(_node, names=_ARITHMETIC), _node, opcode, a, b)
 

@@ -370,14 +370,15 @@ def _advance(carry, queue_buffers, queue_length, last, config, layout):
     state = step(refill(carry["state"], slots, placed_B, config), slots, config)
     occupied_B = carry["occupied"] | placed_B
     finished_B = occupied_B & state["done"]
-    row_B = jnp.where(finished_B, num_finished + jnp.cumsum(finished_B, dtype=jnp.int32) - 1,
-                      capacity)
+    row_B = jnp.where(finished_B,
+                      num_finished + jnp.cumsum(finished_B, dtype=jnp.int32) - 1, capacity)
     report_BxR = jnp.concatenate(
         [state["constants"], state["loss"][:, None],
          state["converged"][:, None].astype(dtype),
          state["iterations"][:, None].astype(dtype)], axis=1)
     return (dict(slots=slots, state=state, occupied=occupied_B & ~finished_B),
-            taken + jnp.sum(placed_B, dtype=jnp.int32), report_FxR.at[row_B].set(report_BxR, mode="drop"),
+            taken + jnp.sum(placed_B, dtype=jnp.int32),
+            report_FxR.at[row_B].set(report_BxR, mode="drop"),
             entry_F.at[row_B].set(slots["entry"], mode="drop"),
             num_finished + jnp.sum(finished_B, dtype=jnp.int32))
 
@@ -430,7 +431,7 @@ def _variance(y_N, mask_N) -> float:
   return float(np.var(y_N[mask_N].astype(np.float64))) if mask_N.any() else 0.0
 
 
-class _Slots:
+class _Queue:
   """Host rows of slot inputs (in the working dtype): a queue of expressions, each
   with its program, start, budget, data and entry number.
 
@@ -438,7 +439,7 @@ class _Slots:
   in three transfers instead of one per array; `_unpack` names them again inside the
   jitted functions."""
 
-  def __init__(self, batch, num_nodes, num_slots, num_points, dtype):
+  def __init__(self, rows, num_nodes, num_slots, num_points, dtype):
     fields = dict(  # name: (dtype, shape of one row)
         opcode=(np.int32, (num_nodes,)), left=(np.int32, (num_nodes,)),
         right=(np.int32, (num_nodes,)), edge=(np.int32, (num_nodes,)),
@@ -454,7 +455,7 @@ class _Slots:
       layout.append((name, group, widths[group], row_shape))
       widths[group] += math.prod(row_shape)
     self.layout = tuple(layout)
-    self.buffers = [np.zeros((batch, width), d) for d, width in zip(group_dtypes, widths)]
+    self.buffers = [np.zeros((rows, width), d) for d, width in zip(group_dtypes, widths)]
     self.arrays = _unpack(self.buffers, self.layout)
 
   def fill(self, row, program, member, start, data, budget):
@@ -483,7 +484,7 @@ class _Slots:
 
 
 def _unpack(buffers, layout) -> dict:
-  """The named slot arrays (views, for numpy buffers) of _Slots' packed buffers."""
+  """The named arrays (views, for numpy buffers) of _Queue's packed buffers."""
   batch = buffers[0].shape[0]
   return {name: buffers[group][:, first:first + math.prod(row_shape)].reshape(
       batch, *row_shape) for name, group, first, row_shape in layout}
@@ -507,7 +508,7 @@ def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
   carry, outputs = None, []
   for begin in range(0, num_entries, config.queue_size):
     # A new queue each call: the device may still be copying the previous one.
-    queue = _Slots(config.queue_size, num_nodes, num_slots, num_points, dtype)
+    queue = _Queue(config.queue_size, num_nodes, num_slots, num_points, dtype)
     end = min(begin + config.queue_size, num_entries)
     for row, e in enumerate(range(begin, end)):
       queue.fill(row, program, e, starts[e], data[e], budgets[e])
