@@ -139,57 +139,55 @@ def _node(opcode, a, b, names=tuple(compiler.OPCODES)):
   same way whatever `names` holds, so a subset gives bit-identical results.
   """
   is_op = lambda name: opcode == compiler.OPCODES[name]
-  uses = lambda *ops: any(name in names for name in ops)
-  zero, one = jnp.zeros_like(a), jnp.ones_like(a)
+  power = is_op("pow")
+  inverse_sine = is_op("arcsin") | is_op("arccos")
   # Nodes that do not use log/exp feed them 1/0: float64 log is a branchy scalar
   # routine, slower on arguments of mixed sign (measured 3.4 vs 8.7 ns).
-  power = is_op("pow")
-  log = (jnp.log(jnp.where(power, jnp.abs(a), jnp.where(is_op("log"), a, 1.0)))
-         if uses("pow", "log") else None)
-  exp = (jnp.exp(jnp.where(power, b * log, jnp.where(is_op("exp"), a, 0.0)))
-         if uses("pow", "exp") else None)
-  root = (jnp.sqrt(jnp.where(is_op("arcsin") | is_op("arccos"), (1 - a) * (1 + a), a))
-          if uses("sqrt", "arcsin", "arccos") else None)
-  sin, cos = _sincos(a) if uses("sin", "cos", "tan") else (None, None)
-  # d/da of most transcendental operators is (something) / denominator.
+  log = jnp.log(jnp.where(power, jnp.abs(a), jnp.where(is_op("log"), a, 1.0)))
+  exp = jnp.exp(jnp.where(power, b * log, jnp.where(is_op("exp"), a, 0.0)))
+  root = jnp.sqrt(jnp.where(inverse_sine, (1 - a) * (1 + a), a))
+  sin, cos = _sincos(a)
+  # d/da of most transcendental operators is (something) / denominator. Only the
+  # operators in `names` take part, so the arithmetic ones' reciprocal does not depend
+  # on sqrt or sincos; what no column selected below uses, XLA drops.
   denominator = a
   for name, value in (("div", b), ("sqrt", root), ("tan", cos), ("arctan", 1 + a * a),
                       ("arcsin", root), ("arccos", root)):
     if name in names:
       denominator = jnp.where(is_op(name), value, denominator)
   reciprocal = 1 / denominator
-  arctan = (_atan(jnp.where(is_op("arcsin"), a * reciprocal,
-                            jnp.where(is_op("arccos"),
-                                      jnp.where(a == 1, 0.0, (1 - a) * reciprocal), a)))
-            if uses("arctan", "arcsin", "arccos") else None)
+  arctan = _atan(jnp.where(is_op("arcsin"), a * reciprocal,
+                           jnp.where(is_op("arccos"),
+                                     jnp.where(a == 1, 0.0, (1 - a) * reciprocal), a)))
   quotient = jnp.where(is_op("div"), a, 1.0) / jnp.where(is_op("div"), b, a)
-  cases = {  # name: (value, d/da, d/db), built for the operators in `names` only
-      "add": lambda: (a + b, one, one),
-      "sub": lambda: (a - b, one, -one),
-      "mul": lambda: (a * b, b, a),
-      "div": lambda: (quotient, reciprocal, -quotient * reciprocal),
-      "pow": lambda: (lambda value: (value, b * value * reciprocal, value * log))(
-          _pow(a, b, exp)),
-      "inv": lambda: (quotient, -reciprocal * reciprocal, zero),
-      "abs": lambda: (jnp.abs(a), jnp.sign(a), zero),
-      "sqrt": lambda: (root, 0.5 * reciprocal, zero),
-      "log": lambda: (log, reciprocal, zero),
-      "exp": lambda: (exp, exp, zero),
-      "sin": lambda: (sin, cos, zero),
-      "cos": lambda: (cos, -sin, zero),
-      "tan": lambda: (sin * reciprocal, reciprocal * reciprocal, zero),
-      "arctan": lambda: (arctan, reciprocal, zero),
-      "arcsin": lambda: (arctan, reciprocal, zero),
-      "arccos": lambda: (2 * arctan, -reciprocal, zero),
-      "pow2": lambda: (a * a, 2 * a, zero),
-      "pow3": lambda: (a * a * a, 3 * a * a, zero),
+  power_value = _pow(a, b, exp)
+  zero, one = jnp.zeros_like(a), jnp.ones_like(a)
+  cases = {  # name: (value, d/da, d/db)
+      "add": (a + b, one, one),
+      "sub": (a - b, one, -one),
+      "mul": (a * b, b, a),
+      "div": (quotient, reciprocal, -quotient * reciprocal),
+      "pow": (power_value, b * power_value * reciprocal, power_value * log),
+      "inv": (quotient, -reciprocal * reciprocal, zero),
+      "abs": (jnp.abs(a), jnp.sign(a), zero),
+      "sqrt": (root, 0.5 * reciprocal, zero),
+      "log": (log, reciprocal, zero),
+      "exp": (exp, exp, zero),
+      "sin": (sin, cos, zero),
+      "cos": (cos, -sin, zero),
+      "tan": (sin * reciprocal, reciprocal * reciprocal, zero),
+      "arctan": (arctan, reciprocal, zero),
+      "arcsin": (arctan, reciprocal, zero),
+      "arccos": (2 * arctan, -reciprocal, zero),
+      "pow2": (a * a, 2 * a, zero),
+      "pow3": (a * a * a, 3 * a * a, zero),
   }
   outputs = [[a, one, zero]]  # OP_IDENTITY
   for name in compiler.OPCODES:
     if name not in names:
       outputs.append([zero, zero, zero])
       continue
-    value, d_a, d_b = cases[name]() if name in cases else generic_node(name, a, b)
+    value, d_a, d_b = cases[name] if name in cases else generic_node(name, a, b)
     domain = operators.OPERATORS[name].domain
     if domain is not None:
       inside = domain(a, b) if operators.OPERATORS[name].arity == 2 else domain(a)
