@@ -55,7 +55,7 @@ class Node:
 # Arity of every valid string token (a lookup: validation runs several times per
 # candidate in inference).
 _ARITY = ({name: op.arity for name, op in operators.OPERATORS.items()}
-          | {f"x_{i}": 0 for i in range(operators.MAX_VARIABLES)})
+          | {name: 0 for name in operators.VARIABLES})
 
 
 def _check_token(token: Token, position: int) -> int:

@@ -9,7 +9,7 @@ R2 or a complexity-penalised score, and undo the scaling symbolically.
 
 Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
 that runs ahead; scoring and refinement in a few jitted calls (selection.py,
-refine.py) per group of 128 datasets, overlapping the decoding of the next group.
+refine.py) per group of datasets (`_GROUP`), overlapping the decoding of the next.
 Timings per stage come back with the results.
 
 Deviations from E2E, on purpose:
