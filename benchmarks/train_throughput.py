@@ -1,17 +1,23 @@
-"""Training throughput per model size on the current devices: examples/s, tokens/s, MFU.
+"""Training throughput on the real input pipeline: examples/s, real tokens/s, MFU.
 
-    python benchmarks/train_throughput.py                       # debug,s3m,small,s20m
-    python benchmarks/train_throughput.py --sizes paper --points_per_batch 10000 --dtype bfloat16
+    python benchmarks/train_throughput.py --sizes small                   # the shipped defaults
+    python benchmarks/train_throughput.py --sizes small --variant e2e     # E2E's batching and softmax
+    python benchmarks/train_throughput.py --sizes debug,s3m,small --steps 20
 
-One fixed batch shape (every example at the largest point bucket, N=200, targets of 128
-tokens) so each size compiles once; the batch is generated before timing, so the
-numbers are the device's, not the input pipeline's (see benchmarks/generator.py).
-MFU uses the analytic FLOP count (sr_jax/flops.py) and the peak table there. Rates use
-the median step time; the fastest step and the 1-minute load average are printed too,
-because on a shared machine other jobs inflate the median.
+Runs train.py's jitted step on `--steps` consecutive batches of the training stream
+(step 0 onwards, generated in this process as train.py does with num_workers=0), at
+E2E's 10,000 points per batch unless --points_per_batch says otherwise. A step whose
+batch shape is new compiles; it is timed separately (compile column) and left out of
+the steady rates. MFU is given on the FLOPs computed (padded shapes) and on the real
+points and tokens only (flops.py; the CPU peak is the one in flops.PEAK_FLOPS).
+
+Variants: `default` is the config as shipped (length-grouped targets, grammar-factored
+output layer); `e2e` pads every target to 128 tokens and scores the whole vocabulary
+at every position, as sr_jax did before and as E2E's output layer does.
 """
 
 import argparse
+import ast
 import os
 import pathlib
 import sys
@@ -25,64 +31,80 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for conf
 from configs import default  # noqa: E402
 from sr_jax import data, flops, model, training  # noqa: E402
 
+VARIANTS = {
+    "default": {},
+    "e2e": {"data.length_groups": 1, "data.target_buckets": (128,),
+            "model.output_layer": "full"},
+}
 
-def measure(size: str, points_per_batch: int, dtype: str, steps: int) -> dict:
+
+def measure(size: str, variant: str, points_per_batch: int, steps: int,
+            overrides: dict) -> dict:
   config = default.get_config(f"size={size}")
-  config.model.dtype = dtype
-  config.data.point_buckets = (200,)
   config.data.points_per_batch = points_per_batch
   config.data.row_multiple = max(jax.device_count(), 1)
+  for key, value in {**VARIANTS[variant], **overrides}.items():
+    section, field = key.split(".")
+    config[section][field] = value
   cfg = training.RunConfig.from_config_dict(config)
   mesh = training.sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings = training.create_state(cfg, mesh)
   train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
-  batch = data.HostBatch(cfg.data)(0)
-  examples = float(batch["example_mask_B"].sum())
-  target_tokens = float(batch["target_mask_BxL"].sum())
-  flops_per_step = examples * flops.train_flops_per_example(
-      cfg.model, batch["points_BxNx33"].shape[1], batch["targets_BxL"].shape[1] - 1)
+  batches = data.make_iterator(cfg.data, 0)
+  shapes, compile_seconds = set(), 0.0
+  seconds = examples = tokens = padded_flops = real_flops = 0.0
+  timed = 0
   with jax.set_mesh(mesh):
-    global_batch = training.to_global(batch, batch_shardings)
-    start = time.time()
-    state, metrics = train(state, global_batch)
-    jax.block_until_ready(metrics)
-    compile_seconds = time.time() - start
-    times = []
     for _ in range(steps):
       start = time.time()
-      state, metrics = train(state, global_batch)
+      batch = next(batches)
+      state, metrics = train(state, training.to_global(batch, batch_shardings))
       jax.block_until_ready(metrics)
-      times.append(time.time() - start)
-  seconds = float(np.median(times))
-  peak = flops.device_peak_flops(jax.devices()[0], dtype)
+      elapsed = time.time() - start
+      shape = (batch["points_BxNx33"].shape, batch["targets_BxL"].shape)
+      if shape not in shapes:
+        shapes.add(shape)
+        compile_seconds += elapsed
+        continue
+      timed += 1
+      seconds += elapsed
+      examples += float(batch["example_mask_B"].sum())
+      tokens += float(batch["target_mask_BxL"].sum())
+      padded, real = training._flops_of_batch(cfg, batch)
+      padded_flops, real_flops = padded_flops + padded, real_flops + real
+  peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
   num_params = model.count_params(nnx.merge(graphdef, state)[0])
-  return dict(size=size, params_m=num_params / 1e6, batch=int(examples),
-              step_s=seconds, min_step_s=min(times), compile_s=compile_seconds,
-              examples_s=examples / seconds, tokens_s=target_tokens / seconds,
-              point_tokens_s=examples * 200 / seconds,
-              tflops=flops_per_step / seconds / 1e12 / jax.device_count(),
-              mfu=flops.mfu(flops_per_step, seconds, jax.device_count(), peak))
+  return dict(size=size, variant=variant, params_m=num_params / 1e6, timed=timed,
+              shapes=len(shapes), compile_s=compile_seconds,
+              step_s=seconds / max(timed, 1), examples_s=examples / max(seconds, 1e-9),
+              tokens_s=tokens / max(seconds, 1e-9),
+              mfu=flops.mfu(padded_flops, seconds, jax.device_count(), peak),
+              mfu_real=flops.mfu(real_flops, seconds, jax.device_count(), peak))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes", default="debug,s3m,small,s20m")
-  parser.add_argument("--points_per_batch", type=int, default=3_200)
-  parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--sizes", default="small")
+  parser.add_argument("--variant", default="default", help=f"one of {sorted(VARIANTS)}, "
+                      "or several separated by commas")
+  parser.add_argument("--points_per_batch", type=int, default=10_000)
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                      help="config override, e.g. data.length_groups=8 (Python literal)")
   args = parser.parse_args()
-  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, dtype {args.dtype}, "
-        f"{args.points_per_batch} points per batch (N=200)")
-  header = (f"{'size':>7} {'params':>8} {'batch':>5} {'step s':>8} {'min s':>7} "
-            f"{'compile s':>9} {'ex/s':>8} {'tgt tok/s':>10} {'pt tok/s':>9} {'TFLOP/s':>8} "
-            f"{'MFU':>6} {'load':>5}")
-  print(header)
+  overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"{args.points_per_batch} points per batch, steps 0..{args.steps - 1} of the stream"
+        + (f", overrides {overrides}" if overrides else ""))
+  print(f"{'size':>6} {'variant':>8} {'params':>7} {'timed':>5} {'shapes':>6} {'compile s':>9} "
+        f"{'step s':>7} {'ex/s':>7} {'tok/s':>7} {'MFU':>6} {'MFU real':>8} {'load':>5}")
   for size in args.sizes.split(","):
-    r = measure(size, args.points_per_batch, args.dtype, args.steps)
-    print(f"{r['size']:>7} {r['params_m']:7.1f}M {r['batch']:5d} {r['step_s']:8.3f} "
-          f"{r['min_step_s']:7.3f} {r['compile_s']:9.1f} {r['examples_s']:8.1f} "
-          f"{r['tokens_s']:10.0f} {r['point_tokens_s']:9.0f} {r['tflops']:8.4f} "
-          f"{r['mfu']:6.1%} {os.getloadavg()[0]:5.1f}", flush=True)
+    for variant in args.variant.split(","):
+      r = measure(size, variant, args.points_per_batch, args.steps, overrides)
+      print(f"{r['size']:>6} {r['variant']:>8} {r['params_m']:6.1f}M {r['timed']:5d} "
+            f"{r['shapes']:6d} {r['compile_s']:9.1f} {r['step_s']:7.2f} {r['examples_s']:7.1f} "
+            f"{r['tokens_s']:7.0f} {r['mfu']:6.1%} {r['mfu_real']:8.1%} "
+            f"{os.getloadavg()[0]:5.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ Conventions shared by all methods:
   tokens, EOS (unless max_len was reached first), then PAD.
 - `log_probs_BxC` is the sum over generated tokens (EOS included) of log softmax(logits) of the
   model itself: no temperature, no top-k/top-p truncation, no PAD/BOS masking. It is what a
-  teacher-forced forward pass gives, and is comparable across methods. Constrained, the
+  teacher-forced forward pass gives, and is comparable across methods. A grammar-factored
+  model's softmax is over the word group its previous word allows (grammar.py). Constrained, the
   softmax is over the tokens the grammar allows at each step (the model restricted to
   valid formulas), so the mantissa logits are only computed where one can come.
 - `scores_BxC` = log_probs / (lengths - 1) ** length_penalty, E2E's beam score (lengths - 1
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from sr_jax import expressions, operators, tokens
+from sr_jax import expressions, grammar
 from sr_jax.model import Transformer
 from sr_jax.tokens import BOS, DECODER_VOCAB, ENCODER_VOCAB, EOS, INPUT_PAD, TOKENS_PER_FLOAT
 from sr_jax.tokens import decode_expression
@@ -224,34 +225,6 @@ def _log_prob(logits_BxV: jax.Array, index_B: jax.Array) -> jax.Array:
   return jnp.take_along_axis(jax.nn.log_softmax(logits_BxV), index_B[:, None], axis=-1)[:, 0]
 
 
-# The decoder grammar, per token id: its kind, and how it changes the number of operands
-# still needed (arity - 1; a float is one leaf, counted at its sign word).
-_OTHER, _SYMBOL, _SIGN, _MANTISSA, _EXPONENT, _END = range(6)
-
-
-@functools.lru_cache(maxsize=1)
-def _grammar_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """kind, operand-count change and variable index (-1: not a variable) per token id."""
-  kind_V = np.full(len(DECODER_VOCAB), _OTHER, np.int32)
-  delta_V = np.zeros(len(DECODER_VOCAB), np.int32)
-  variable_V = np.full(len(DECODER_VOCAB), -1, np.int32)
-  for i, word in enumerate(DECODER_VOCAB.words):
-    if word in operators.OPERATORS:
-      kind_V[i], delta_V[i] = _SYMBOL, operators.OPERATORS[word].arity - 1
-    elif operators.variable_index(word) is not None:
-      kind_V[i], delta_V[i] = _SYMBOL, -1
-      variable_V[i] = operators.variable_index(word)
-    elif word in tokens.SIGN_WORDS:
-      kind_V[i], delta_V[i] = _SIGN, -1
-    elif word in tokens.MANTISSA_WORDS:
-      kind_V[i] = _MANTISSA
-    elif word in tokens.EXPONENT_WORDS:
-      kind_V[i] = _EXPONENT
-    elif word == EOS:
-      kind_V[i] = _END
-  return kind_V, delta_V, variable_V
-
-
 def input_dimensions(points_BxNxT: jax.Array) -> jax.Array:
   """Features per input, read off the first point's tokens: x slots (3 tokens each)
   holding INPUT_PAD are missing dimensions."""
@@ -259,48 +232,8 @@ def input_dimensions(points_BxNxT: jax.Array) -> jax.Array:
   return jnp.sum(x_slots_BxD != ENCODER_VOCAB.ids[INPUT_PAD], axis=1)
 
 
-def grammar_mask(tokens_BxL: jax.Array, position: jax.Array,
-                 dims_B: jax.Array | None = None, vocab_ids=None) -> jax.Array:
-  """Which tokens may follow tokens_BxL[:, :position + 1] (BOS first) so that the row is
-  still the start of a valid formula that can end, EOS included, within L tokens.
-
-  A float is sign, mantissa, exponent in that order; EOS comes exactly when no operand
-  is missing; an operator, variable or float is allowed only if the operands it leaves
-  missing can still be filled with one-token variables before the last slot. With
-  dims_B, row b may only use variables x_0 .. x_{dims_B[b] - 1}. With vocab_ids (a
-  numpy array), the mask covers those token ids only, in their order."""
-  tables = _grammar_tables()
-  all_kind_V, all_delta_V = map(jnp.asarray, tables[:2])
-  kind_V, delta_V, variable_V = (jnp.asarray(t if vocab_ids is None else t[vocab_ids])
-                                 for t in tables)
-  L = tokens_BxL.shape[1]
-  written_BxL = jnp.arange(L) <= position
-  needed_B = 1 + jnp.sum(jnp.where(written_BxL, all_delta_V[tokens_BxL], 0), axis=1)
-  last_kind_B = all_kind_V[jax.lax.dynamic_index_in_dim(tokens_BxL, position, 1,
-                                                        keepdims=False)]
-  slots = L - 1 - position  # positions position+1 .. L-1 are still free
-  cost_V = jnp.where(kind_V == _SIGN, 3, 1)
-  needed_after_BxV = needed_B[:, None] + delta_V[None, :]
-  fits_BxV = cost_V[None, :] + needed_after_BxV + 1 <= slots
-  opens_BxV = ((kind_V == _SYMBOL) | (kind_V == _SIGN))[None, :] & (needed_B > 0)[:, None]
-  if dims_B is not None:
-    opens_BxV &= variable_V[None, :] < dims_B[:, None]
-  ends_BxV = (kind_V == _END)[None, :] & (needed_B == 0)[:, None]
-  free_BxV = (opens_BxV & fits_BxV) | ends_BxV
-  return jnp.where((last_kind_B == _SIGN)[:, None], (kind_V == _MANTISSA)[None, :],
-                   jnp.where((last_kind_B == _MANTISSA)[:, None],
-                             (kind_V == _EXPONENT)[None, :], free_BxV))
-
-
 def _initial_tokens(batch: int, max_len: int) -> jax.Array:
   return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
-
-
-@functools.lru_cache(maxsize=1)
-def _vocab_split() -> tuple[np.ndarray, np.ndarray]:
-  """Token ids of the mantissa words (10,000 of the 10,234) and of all the others."""
-  kind_V = _grammar_tables()[0]
-  return np.flatnonzero(kind_V == _MANTISSA), np.flatnonzero(kind_V != _MANTISSA)
 
 
 def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
@@ -320,7 +253,7 @@ def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
       next_B, log_prob_B = _constrained_step(model, hidden_BxD, s, dims_BC, uniform_Bx2,
                                              greedy_B, cfg)
     else:
-      logits_BxV = model.output_logits(hidden_BxD)
+      logits_BxV = _model_logits(model, hidden_BxD, token_Bx1[:, 0])
       next_B = _choose(_mask_specials(logits_BxV), uniform_Bx2, greedy_B, cfg)
       # The model's own log-probability: PAD and BOS are masked only for choosing.
       log_prob_B = _log_prob(logits_BxV, next_B)
@@ -336,6 +269,16 @@ def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
   return final.tokens_BxL, final.log_probs_B
 
 
+def _model_logits(model, hidden_BxD: jax.Array, previous_B: jax.Array) -> jax.Array:
+  """The model's own logits over the whole vocabulary: a grammar-factored model
+  (ModelConfig.output_layer) defines a distribution over the group of words its previous
+  word allows only, so the others are -inf."""
+  logits_BxV = model.output_logits(hidden_BxD)
+  if model.config.output_layer == "factored":
+    logits_BxV = jnp.where(grammar.group_mask(previous_B), logits_BxV, -jnp.inf)
+  return logits_BxV
+
+
 def _constrained_step(model, hidden_BxD, s: _SampleState, dims_B, uniform_Bx2, greedy_B,
                       cfg: DecodeConfig) -> tuple[jax.Array, jax.Array]:
   """Next token and its log-probability under the model restricted to the tokens the
@@ -344,9 +287,9 @@ def _constrained_step(model, hidden_BxD, s: _SampleState, dims_B, uniform_Bx2, g
   234 other words, and only the rows that need a mantissa (about one in six) get the
   mantissa logits, in compacted chunks of ~B/16 rows: a step's vocabulary-wide work
   shrinks ~4x."""
-  mantissa_ids, other_ids = _vocab_split()
+  mantissa_ids, other_ids = grammar.vocab_split()
   B = hidden_BxD.shape[0]
-  allowed_BxO = grammar_mask(s.tokens_BxL, s.position, dims_B, other_ids)
+  allowed_BxO = grammar.grammar_mask(s.tokens_BxL, s.position, dims_B, other_ids)
   logits_BxO = jnp.where(allowed_BxO, model.output_logits(hidden_BxD, other_ids), -jnp.inf)
   wants_mantissa_B = ~jnp.any(allowed_BxO, axis=-1)  # only a mantissa may come next
   # Rows that need a mantissa choose among zeros here (no NaN); the mantissa pass below
@@ -402,11 +345,11 @@ def _beam_search(model, cache, mask_BxN, dims_BK, cfg: DecodeConfig):
     token_BKx1 = jax.lax.dynamic_slice_in_dim(s.alive_tokens_BxKxL.reshape(B * K, L), s.position,
                                               1, axis=1)
     hidden_BKxD, cache = model.decode_step(token_BKx1, s.cache, None, mask_BxN, s.position)
-    logits_BKxV = model.output_logits(hidden_BKxD)
+    logits_BKxV = _model_logits(model, hidden_BKxD, token_BKx1[:, 0])
     V = logits_BKxV.shape[-1]
     if cfg.constrained:
       log_probs_BKxV = jax.nn.log_softmax(jnp.where(
-          grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position, dims_BK),
+          grammar.grammar_mask(s.alive_tokens_BxKxL.reshape(B * K, L), s.position, dims_BK),
           logits_BKxV, -jnp.inf))
     else:
       log_probs_BKxV = _mask_specials(jax.nn.log_softmax(logits_BKxV))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 
 from sr_jax.model import ModelConfig
+from sr_jax.tokens import NUM_MANTISSAS, TOKENS_PER_FLOAT
 
 # Dense peak FLOP/s per device by compute dtype. Sources: vendor data sheets, as in levanter's
 # flop_utils.py. float32 entries are what JAX's *default* matmul precision reaches: TF32 on
@@ -29,18 +30,30 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 
 
-def train_flops_per_example(cfg: ModelConfig, num_points: int, target_len: int) -> float:
-  """Matmul FLOPs of one forward+backward pass for one (points, target) example."""
+def train_flops_per_example(cfg: ModelConfig, num_points: int, target_len: int,
+                            mantissa_positions: int | None = None) -> float:
+  """Matmul FLOPs of one forward+backward pass for one (points, target) example, with
+  target_len decoder positions. With the grammar-factored output layer (losses.py), every
+  position scores the 234 non-mantissa words and `mantissa_positions` of them (default:
+  the most a target can hold, target_len // 4, which the loss computes) score the 10,000
+  mantissas; the full output layer scores the whole vocabulary everywhere."""
   N, L, D, M = num_points, target_len, cfg.d_model, cfg.mlp_dim
-  flat = cfg.point_tokens * cfg.token_embed_dim
-  # Multiply-adds per example, by where the weights are applied.
-  embedder = N * (flat * flat + flat * D)
+  E = cfg.token_embed_dim
+  flat = cfg.point_tokens * E
+  sign_slots = -(-cfg.point_tokens // TOKENS_PER_FLOAT)
+  # Multiply-adds per example, by where the weights are applied. The embedder's sign
+  # slots are table lookups (model.Transformer._embed_points), not multiplies.
+  embedder = N * ((flat - sign_slots * E) * flat + flat * D)
   encoder = cfg.num_encoder_layers * (N * (4 * D * D + 2 * D * M) + 2 * N * N * D)
   decoder = cfg.num_decoder_layers * (
       L * (4 * D * D + 2 * D * D + 2 * D * M)  # self-attention q/k/v/o, cross q/o, MLP
       + N * 2 * D * D  # cross-attention k/v over the encoder output
       + 2 * L * L * D + 2 * L * N * D)  # scores and weighted values, self and cross
-  output = L * D * cfg.decoder_vocab_size
+  if cfg.output_layer == "full":
+    output = L * D * cfg.decoder_vocab_size
+  else:
+    mantissas = L // 4 if mantissa_positions is None else mantissa_positions
+    output = L * D * (cfg.decoder_vocab_size - NUM_MANTISSAS) + mantissas * D * NUM_MANTISSAS
   return 3 * 2 * float(embedder + encoder + decoder + output)
 
 

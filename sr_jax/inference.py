@@ -38,8 +38,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sr_jax import checkpoint, data, decoding, expressions, operators, refine, selection
-from sr_jax import sharding
+from sr_jax import checkpoint, data, decoding, expressions, operators, pretrained, refine
+from sr_jax import selection, sharding
 from sr_jax.model import MAX_INPUT_DIM, Transformer
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
@@ -496,16 +496,21 @@ class _Bag:
 # trained models
 
 
-def load_model(workdir: str, step: int | None = None) -> Transformer:
-  """The model of a training run (train.py's --workdir), newest readable checkpoint
-  unless `step` is given."""
+def load_model(source: str | None = None, step: int | None = None) -> Transformer:
+  """A trained model: the one shipped in the package (source None or "default"), a model
+  file (pretrained.py; also its numbered parts), or a training run's directory
+  (train.py's --workdir: its newest readable checkpoint, or `step`)."""
+  if source is None or source == "default":
+    source = pretrained.DEFAULT_MODEL
+  if not os.path.isdir(source):
+    return pretrained.load(source)
   from sr_jax import training  # training imports the data pipeline; only needed here
 
-  config_path = os.path.join(workdir, "config.json")
+  config_path = os.path.join(source, "config.json")
   if not os.path.isfile(config_path):
     raise checkpoint.CheckpointError(
-        f"{workdir!r} is not a training run: no config.json (train with "
-        f"python train.py --workdir {workdir})")
+        f"{source!r} is not a training run: no config.json (train with "
+        f"python train.py --workdir {source}), nor a model file")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   # Replicated on every device: decoding shards its batch over the same devices.
@@ -513,11 +518,10 @@ def load_model(workdir: str, step: int | None = None) -> Transformer:
   cfg = training.RunConfig.from_config_dict(config)
   mesh = sharding.make_mesh(cfg.mesh)
   graphdef, state, _ = training.create_state(cfg, mesh)
-  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), 1, 1)
+  checkpointer = checkpoint.Checkpointer(os.path.join(source, "checkpoints"), 1, 1)
   try:
     _, state, _ = checkpointer.restore(checkpoint.abstract_like(state), step)
   finally:
     checkpointer.close()
   model, _ = nnx.merge(graphdef, state)
   return model
-

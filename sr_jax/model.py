@@ -17,12 +17,17 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from sr_jax import sharding
-from sr_jax.tokens import DECODER_VOCAB, ENCODER_VOCAB, TOKENS_PER_FLOAT
+from sr_jax.tokens import DECODER_VOCAB, ENCODER_VOCAB, INPUT_PAD, OUTPUT_PAD
+from sr_jax.tokens import SIGN_WORDS, TOKENS_PER_FLOAT
 
 MAX_INPUT_DIM = 10
+OUTPUT_LAYERS = ("factored", "full")
+# The words a sign slot of a point can hold besides PAD (see Transformer._embed_points).
+_SIGN_SLOT_WORDS = (INPUT_PAD, OUTPUT_PAD) + SIGN_WORDS
 NEG_INF = -1e9  # finite, so a row with every key masked gives a uniform softmax, not NaN
 
 
@@ -46,8 +51,17 @@ class ModelConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   layer_norm_eps: float = 1e-12
+  # "factored": the loss and the unconstrained decoder use the grammar-factored softmax
+  # (losses.py); "full": E2E's softmax over the whole vocabulary at every position.
+  output_layer: str = "factored"
 
   def __post_init__(self):
+    if self.output_layer not in OUTPUT_LAYERS:
+      raise ValueError(f"unknown output_layer {self.output_layer!r}; choose from {OUTPUT_LAYERS}")
+    if self.output_layer == "factored" and self.decoder_vocab_size != len(DECODER_VOCAB):
+      raise ValueError("output_layer='factored' needs the decoder vocabulary tokens.DECODER_VOCAB "
+                       f"({len(DECODER_VOCAB)} words), not {self.decoder_vocab_size}: "
+                       "use output_layer='full' with another vocabulary")
     if self.d_model % self.num_heads:
       raise ValueError(f"d_model {self.d_model} is not divisible by num_heads {self.num_heads}")
     if self.dropout != 0.0:
@@ -59,15 +73,16 @@ class ModelConfig:
 
 
 # Overrides of ModelConfig per size, with count_params in the comments. 'paper' is E2E's
-# 4/16 model: 91.45M, where reference.md counts 93.45M for 4096 decoder positions (we keep
-# 256: -1.97M) and its vocabularies (ours are 70 words smaller: -0.03M). The s* family is the
-# scaling sweep; s90m is the paper model.
+# 4/16 model as published, full output softmax included: 91.45M, where reference.md counts
+# 93.45M for 4096 decoder positions (we keep 256: -1.97M) and its vocabularies (ours are 70
+# words smaller: -0.03M). The s* family is the scaling sweep, with the grammar-factored
+# output; s90m has the paper model's shape.
 SIZES: dict[str, dict] = {
     "debug": dict(d_model=64, num_heads=2, mlp_dim=128, num_encoder_layers=1,
                   num_decoder_layers=1, token_embed_dim=16),  # 1.24M, 1.3M of it embeddings
     "small": dict(d_model=256, num_heads=8, mlp_dim=1024, num_encoder_layers=2,
                   num_decoder_layers=4),  # 14.15M
-    "paper": dict(),  # 91.45M
+    "paper": dict(output_layer="full"),  # 91.45M, E2E's output softmax
     "s3m": dict(d_model=128, num_heads=4, mlp_dim=512, num_encoder_layers=2,
                 num_decoder_layers=2, token_embed_dim=16),  # 2.79M
     "s20m": dict(d_model=320, num_heads=8, mlp_dim=1280, num_encoder_layers=2,
@@ -321,10 +336,7 @@ class Transformer(nnx.Module):
     """Encoder output per point; padded points are masked out of every attention."""
     cfg = self.config
     B, N, T = points_BxNxT.shape
-    emb_BxNxTxE = jnp.take(self.point_embed[...], points_BxNxT, axis=0).astype(self.dtype)
-    emb_BxNxTxE = jnp.where((points_BxNxT != cfg.encoder_pad_id)[..., None], emb_BxNxTxE, 0)
-    flat_BxNxF = emb_BxNxTxE.reshape(B, N, T * cfg.token_embed_dim)
-    h_BxNxF = sharding.constrain(jax.nn.relu(self.embed_hidden(flat_BxNxF)),
+    h_BxNxF = sharding.constrain(jax.nn.relu(self._embed_points(points_BxNxT)),
                                  ("batch", "points", "mlp"))
     x_BxNxD = self.encoder_ln_emb(self.embed_out(h_BxNxF))
     keep_BxNx1 = point_mask_BxN[..., None].astype(self.dtype)
@@ -336,6 +348,33 @@ class Transformer(nnx.Module):
       x_BxNxD = self.encoder_ln_final(x_BxNxD) * keep_BxNx1
     return x_BxNxD
 
+  def _embed_points(self, points_BxNxT: jax.Array) -> jax.Array:
+    """E2E's first embedder layer, concat(token embeddings) @ W + b, before its ReLU.
+
+    The layer is linear in each slot's embedding, and a sign slot (every third, from 0)
+    only ever holds one of five words: PAD, INPUT_PAD, OUTPUT_PAD, + and -
+    (`data.tokenize_points`). Their share, embedding @ W-rows for each sign slot, is a
+    5-row table per slot, looked up instead of multiplied: the same function and
+    parameters for well-formed points, a third fewer FLOPs (PAD and any other word in a
+    sign slot contribute nothing)."""
+    cfg = self.config
+    B, N, T = points_BxNxT.shape
+    E, F = cfg.token_embed_dim, self.embed_hidden.kernel.shape[1]
+    sign_slots = np.arange(0, T, TOKENS_PER_FLOAT)
+    value_slots = np.setdiff1d(np.arange(T), sign_slots)
+    table_VxE = self.point_embed[...].astype(self.dtype)
+    kernel_TxExF = self.embed_hidden.kernel[...].astype(self.dtype).reshape(T, E, F)
+    values_BxNxS = points_BxNxT[..., value_slots]
+    emb_BxNxSxE = jnp.where((values_BxNxS != cfg.encoder_pad_id)[..., None],
+                            jnp.take(table_VxE, values_BxNxS, axis=0), 0)
+    h_BxNxF = (emb_BxNxSxE.reshape(B, N, len(value_slots) * E)
+               @ kernel_TxExF[value_slots].reshape(len(value_slots) * E, F))
+    sign_words_W = np.array([ENCODER_VOCAB.ids[w] for w in _SIGN_SLOT_WORDS])
+    share_TxWxF = jnp.einsum("we,tef->twf", table_VxE[sign_words_W], kernel_TxExF[sign_slots])
+    onehot_BxNxTxW = (points_BxNxT[..., sign_slots, None] == sign_words_W).astype(self.dtype)
+    h_BxNxF += jnp.einsum("bntw,twf->bnf", onehot_BxNxTxW, share_TxWxF)
+    return h_BxNxF + self.embed_hidden.bias[...].astype(self.dtype)
+
   def _embed_targets(self, targets_BxL: jax.Array, positions_L: jax.Array) -> jax.Array:
     tok_BxLxD = jnp.take(self.token_embed[...], targets_BxL, axis=0)
     tok_BxLxD = jnp.where((targets_BxL != self.config.decoder_pad_id)[..., None], tok_BxLxD, 0)
@@ -346,9 +385,9 @@ class Transformer(nnx.Module):
   def _logits(self, x_BxLxD: jax.Array) -> jax.Array:
     return sharding.constrain(self.output_logits(x_BxLxD), ("batch", "length", "vocab"))
 
-  def decode(self, targets_BxL: jax.Array, enc_BxNxD: jax.Array,
-             point_mask_BxN: jax.Array) -> jax.Array:
-    """Teacher-forced float32 logits for every target position."""
+  def decode_hidden(self, targets_BxL: jax.Array, enc_BxNxD: jax.Array,
+                    point_mask_BxN: jax.Array) -> jax.Array:
+    """Teacher-forced decoder states (the input of output_logits) at every position."""
     B, L = targets_BxL.shape
     x_BxLxD = self._embed_targets(targets_BxL, jnp.arange(L))
     causal_BxLxL = jnp.broadcast_to(jnp.tril(jnp.ones((L, L), bool)), (B, L, L))
@@ -357,7 +396,18 @@ class Transformer(nnx.Module):
       x_BxLxD = layer(x_BxLxD, lambda h, a=layer.self_attn: (*a.kv(h, "length"), None),
                       causal_BxLxL,
                       layer.cross_attn.kv(enc_BxNxD, "points"), cross_BxLxN)
-    return self._logits(x_BxLxD)
+    return x_BxLxD
+
+  def decode(self, targets_BxL: jax.Array, enc_BxNxD: jax.Array,
+             point_mask_BxN: jax.Array) -> jax.Array:
+    """Teacher-forced float32 logits over the whole vocabulary at every position."""
+    return self._logits(self.decode_hidden(targets_BxL, enc_BxNxD, point_mask_BxN))
+
+  def hidden(self, points_BxNxT: jax.Array, point_mask_BxN: jax.Array,
+             targets_BxL: jax.Array) -> jax.Array:
+    """Teacher forcing, decoder states only (losses.py computes the logits it needs)."""
+    return self.decode_hidden(targets_BxL, self.encode(points_BxNxT, point_mask_BxN),
+                              point_mask_BxN)
 
   def __call__(self, points_BxNxT: jax.Array, point_mask_BxN: jax.Array,
                targets_BxL: jax.Array) -> jax.Array:
@@ -409,10 +459,11 @@ class Transformer(nnx.Module):
       x_Bx1xD = layer(x_Bx1xD, self_kv, self_mask_Bx1xS, cross_kv, cross_Ex1xN)
     return x_Bx1xD[:, 0], cache
 
-  def output_logits(self, hidden_xD: jax.Array, vocab_ids: jax.Array | None = None
+  def output_logits(self, hidden_xD: jax.Array, vocab_ids: np.ndarray | slice | None = None
                     ) -> jax.Array:
     """float32 logits of decoder states (any leading shape) over the whole vocabulary, or
-    over `vocab_ids` only, in their order (decoding needs 234 words at most steps)."""
+    over `vocab_ids` only (an id array or a slice of ids), in their order (decoding needs
+    234 words at most steps; a slice reads a contiguous block without a gather)."""
     if self.config.pre_layer_norm:
       hidden_xD = self.decoder_ln_final(hidden_xD)
     embed_VxD, bias_V = self.token_embed[...], self.output_bias[...]

@@ -25,14 +25,15 @@ from sr_jax.model import Transformer
 
 
 @functools.lru_cache(maxsize=4)
-def _load(workdir: str) -> Transformer:
-  return inference.load_model(workdir)
+def _load(source: str | None) -> Transformer:
+  return inference.load_model(source)
 
 
 class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   """End-to-end symbolic regression with a pretrained transformer.
 
-  pretrained: a training run's directory (train.py --workdir) or a Transformer.
+  pretrained: None (the model shipped in the package), a model file (pretrained.py),
+  a training run's directory (train.py --workdir) or a Transformer.
   method / num_candidates / temperature / max_len: decoding (C candidates per bag,
   plus the greedy one); max_bags: bags of <= 200 points read per dataset;
   num_refine: top distinct skeletons whose constants are refined (refine_method
@@ -78,10 +79,11 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   def _transformer(self) -> Transformer:
     if isinstance(self.pretrained, Transformer):
       return self.pretrained
-    if isinstance(self.pretrained, str):
+    if self.pretrained is None or isinstance(self.pretrained, str):
       return _load(self.pretrained)
-    raise ValueError("no model: pass pretrained=<a training run directory> (python train.py "
-                     "--workdir DIR) or a sr_jax.model.Transformer")
+    raise ValueError(f"pretrained={self.pretrained!r}: pass None (the shipped model), a model "
+                     "file, a training run directory (python train.py --workdir DIR) or a "
+                     "sr_jax.model.Transformer")
 
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()

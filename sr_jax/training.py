@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Iterator
 
@@ -24,8 +25,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sr_jax import checkpoint, data, flops, generator, model as model_lib, monitor
-from sr_jax import optim, sharding
+from sr_jax import checkpoint, data, flops, generator, losses, model as model_lib
+from sr_jax import monitor, optim, pretrained, sharding
 
 BATCH_KEYS = ("points_BxNx33", "point_mask_BxN", "targets_BxL", "target_mask_BxL",
               "example_mask_B")
@@ -47,6 +48,8 @@ class TrainConfig:
   keep_checkpoints: int = 3
   async_checkpoints: bool = True
   tensorboard: bool = True
+  max_minutes: float = 0.0  # wall-clock budget of this run (0: none); see train_and_evaluate
+  init_from: str = ""  # a model file (pretrained.py) to warm-start a new run from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,18 @@ class RunConfig:
   mesh: sharding.MeshConfig
   train: TrainConfig
   rules: tuple
+
+  def __post_init__(self):
+    accum = self.train.grad_accum_steps
+    if accum < 1:
+      raise ValueError(f"train.grad_accum_steps must be >= 1, got {accum}")
+    rows = data.layout(self.data).rows
+    if any(r % accum for r in rows):
+      raise ValueError(
+          f"train.grad_accum_steps={accum} does not divide the batch rows {rows} (one per "
+          f"point bucket, from data.points_per_batch={self.data.points_per_batch} and "
+          f"data.row_multiple={self.data.row_multiple}): choose a divisor of all of them, "
+          f"or set data.row_multiple to a multiple of {accum}")
 
   @classmethod
   def from_config_dict(cls, config: ml_collections.ConfigDict) -> "RunConfig":
@@ -106,17 +121,15 @@ def create_state(cfg: RunConfig, mesh):
 
 
 def _token_loss(model, batch):
-  """Summed cross-entropy over real target tokens, their count, and correct ones."""
+  """Summed cross-entropy over real target tokens, their count, and correct ones, under
+  the model's output layer (full or grammar-factored softmax, losses.py)."""
   targets_BxL = batch["targets_BxL"]
-  logits_BxLxV = model(batch["points_BxNx33"], batch["point_mask_BxN"],
-                       targets_BxL[:, :-1])
-  labels_BxL = targets_BxL[:, 1:]
+  hidden_BxLxD = model.hidden(batch["points_BxNx33"], batch["point_mask_BxN"],
+                              targets_BxL[:, :-1])
   mask_BxL = batch["target_mask_BxL"][:, 1:] & batch["example_mask_B"][:, None]
-  losses = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxLxV.astype(jnp.float32), labels_BxL)
-  correct = (jnp.argmax(logits_BxLxV, -1) == labels_BxL) & mask_BxL
-  weights = mask_BxL.astype(jnp.float32)
-  return jnp.sum(losses * weights), (jnp.sum(weights), jnp.sum(correct))
+  losses_BxL, correct_BxL = losses.token_losses(model, hidden_BxLxD, targets_BxL[:, :-1],
+                                                targets_BxL[:, 1:], mask_BxL)
+  return jnp.sum(losses_BxL), (jnp.sum(mask_BxL, dtype=jnp.float32), jnp.sum(correct_BxL))
 
 
 def loss_and_grads(model, batch, grad_accum_steps: int = 1):
@@ -203,15 +216,67 @@ def to_global(batch: dict[str, np.ndarray], batch_shardings) -> dict[str, jax.Ar
 # the loop
 
 
-def _flops_per_batch(cfg: RunConfig, batch: dict[str, np.ndarray]) -> float:
-  examples = float(np.sum(batch["example_mask_B"]))
-  return examples * flops.train_flops_per_example(
-      cfg.model, batch["points_BxNx33"].shape[1], batch["targets_BxL"].shape[1] - 1)
+def _flops_of_batch(cfg: RunConfig, batch: dict[str, np.ndarray]) -> tuple[float, float]:
+  """Training FLOPs of this process's rows: (as computed, on the padded shapes; on the
+  real points and tokens only). MFU on the first overstates useful work."""
+  rows = float(np.sum(batch["example_mask_B"]))
+  points, length = batch["points_BxNx33"].shape[1], batch["targets_BxL"].shape[1] - 1
+  padded = rows * flops.train_flops_per_example(cfg.model, points, length)
+  real = sum(flops.train_flops_per_example(cfg.model, int(n), int(t) - 1, int(c))
+             for n, t, c, keep in zip(batch["point_mask_BxN"].sum(1),
+                                      batch["target_mask_BxL"].sum(1),
+                                      batch["num_constants_B"], batch["example_mask_B"])
+             if keep)
+  return padded, real
+
+
+class _Throughput:
+  """Examples, real target tokens and FLOPs since the last logged step."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self):
+    self.start, self.examples, self.tokens, self.flops, self.real_flops = time.time(), 0, 0, 0, 0
+
+  def add(self, cfg: RunConfig, host_batch: dict[str, np.ndarray]) -> None:
+    # host_batch is this process's rows; every process holds as many (data.py), so the
+    # global batch is process_count times these (tokens and FLOPs: an estimate).
+    scale = jax.process_count()
+    self.examples += float(np.sum(host_batch["example_mask_B"])) * scale
+    self.tokens += float(np.sum(host_batch["target_mask_BxL"])) * scale
+    padded, real = _flops_of_batch(cfg, host_batch)
+    self.flops += padded * scale
+    self.real_flops += real * scale
+
+  def rates(self, peak: float | None) -> dict[str, float]:
+    seconds = max(time.time() - self.start, 1e-9)
+    devices = jax.device_count()
+    return {"examples_per_sec": self.examples / seconds,
+            "tokens_per_sec": self.tokens / seconds,
+            "tflops_per_device": self.flops / seconds / devices / 1e12,
+            "mfu": flops.mfu(self.flops, seconds, devices, peak),
+            "mfu_real": flops.mfu(self.real_flops, seconds, devices, peak)}
+
+
+def _out_of_time(deadline: float | None) -> bool:
+  """Whether the wall-clock budget is spent; process 0 decides for all (clocks differ)."""
+  if deadline is None:
+    return False
+  stop = time.time() >= deadline
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    stop = bool(multihost_utils.broadcast_one_to_all(np.array(stop)))
+  return stop
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains (resuming from workdir's newest checkpoint if there is one), logs, evaluates
-  and checkpoints. Returns the last logged metrics."""
+  """Trains (resuming from workdir's newest checkpoint if there is one, else warm-starting
+  from train.init_from if set), logs, evaluates, checkpoints and exports the model file
+  workdir/model.srj at every validation. Stops after num_steps, or at the first step
+  that ends past max_minutes of wall-clock (checkpoint and export written). Returns the
+  last logged metrics."""
+  started = time.time()
   cfg = RunConfig.from_config_dict(config)
   mesh = sharding.make_mesh(cfg.mesh)
   logging.info("devices: %d (%s), processes: %d, mesh: %s", jax.device_count(),
@@ -232,70 +297,136 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          cfg.train.keep_checkpoints,
                                          cfg.train.async_checkpoints)
   start_step = 0
+  # What the model has seen before this run's first step: steps of the data stream
+  # (data_offset: those of a warm start's file), examples, and wall-clock seconds.
+  history = {"data_offset": 0, "examples": 0.0, "seconds": 0.0}
   if checkpointer.latest_step() is not None:
     start_step, state, extra = checkpointer.restore(checkpoint.abstract_like(state))
+    history.update({k: extra[k] for k in history if k in extra})
     logging.info("resumed from step %d (data position %s)", start_step, extra)
+  elif cfg.train.init_from:
+    state, history = _warm_start(cfg, graphdef, state, state_shardings)
 
-  batches = data.make_iterator(cfg.data, start_step)
+  batches = data.make_iterator(cfg.data, start_step + history["data_offset"])
   writer = monitor.MetricWriter(workdir, cfg.train.tensorboard)
   progress = monitor.Progress(cfg.train.num_steps)
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
+  deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else None
   last_metrics: dict[str, float] = {}
-  pending = None  # (step, metrics, examples, tokens, flops): fetched one step late
-  window_start, window = time.time(), [0.0, 0.0, 0.0]
+  examples = history["examples"]
+  pending = None  # (step, metrics): fetched one step late
+  window = _Throughput()
+  done = start_step
+
+  def record(step: int) -> dict:
+    return {"step": step, "seed": cfg.train.seed, "data_offset": history["data_offset"],
+            "examples": examples, "seconds": history["seconds"] + time.time() - started}
+
   with jax.set_mesh(mesh):
     for step in range(start_step, cfg.train.num_steps):
       host_batch = next(batches)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = train(state, to_global(host_batch, batch_shardings))
       if pending is not None:
-        last_metrics = _log(pending, writer, progress, cfg, window, window_start, peak)
-        if last_metrics:
-          window_start, window = time.time(), [0.0, 0.0, 0.0]
-      # host_batch is this process's rows; every process holds as many (data.py), so
-      # the global batch is process_count times these (target tokens: an estimate).
-      window[0] += float(np.sum(host_batch["example_mask_B"])) * jax.process_count()
-      window[1] += float(np.sum(host_batch["target_mask_BxL"])) * jax.process_count()
-      window[2] += _flops_per_batch(cfg, host_batch) * jax.process_count()
+        last_metrics = _log(pending, writer, progress, cfg, window, peak)
+      window.add(cfg, host_batch)
+      examples += float(np.sum(host_batch["example_mask_B"])) * jax.process_count()
       pending = (step + 1, metrics)
       done = step + 1
-      if done % cfg.train.eval_every == 0 or done == cfg.train.num_steps:
+      final = done == cfg.train.num_steps or _out_of_time(deadline)
+      if done % cfg.train.eval_every == 0 or final:
         eval_metrics = run_validation(cfg, evaluate, state, batch_shardings)
         writer.write(done, eval_metrics)
         last_metrics.update(eval_metrics)
-      checkpointer.save(done, state, {"step": done, "seed": cfg.train.seed},
-                        force=done == cfg.train.num_steps)
+        _export(workdir, graphdef, state, config, record(done), eval_metrics)
+      checkpointer.save(done, state, record(done), force=final)
+      if final:
+        break
     if pending is not None:
-      last_metrics.update(_log(pending, writer, progress, cfg, window, window_start,
-                               peak, force=True))
+      last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True))
+  if deadline is not None and done < cfg.train.num_steps:
+    logging.warning("stopped at step %d of %d: the %.1f-minute budget is spent; rerun the "
+                    "same command to continue", done, cfg.train.num_steps, cfg.train.max_minutes)
   progress.close()
   checkpointer.close()
   writer.close()
   return last_metrics
 
 
-def _log(pending, writer, progress, cfg, window, window_start, peak, force=False):
+def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):
+  """The state with parameters from the model file cfg.train.init_from (its config must
+  match the run's model config) and a fresh optimizer; the data stream continues after
+  the steps the file's run consumed when both use the same seed."""
+  header, arrays = pretrained.read(cfg.train.init_from)
+  file_config = pretrained.model_config(header, cfg.train.init_from)
+  if file_config != cfg.model:
+    differing = {f.name: (getattr(file_config, f.name), getattr(cfg.model, f.name))
+                 for f in dataclasses.fields(file_config)
+                 if getattr(file_config, f.name) != getattr(cfg.model, f.name)}
+    raise pretrained.ModelFileError(
+        f"cannot warm-start from {cfg.train.init_from!r}: its model config differs from this "
+        f"run's in (file, run) = {differing}")
+  model, optimizer = nnx.merge(graphdef, state)
+  model = pretrained.with_params(model, arrays, cfg.train.init_from)
+  state = jax.device_put(nnx.state((model, optimizer)), state_shardings)
+  card = header["card"]
+  same_stream = card.get("seed") == cfg.train.seed
+  history = {"data_offset": int(card.get("data_steps", 0)) if same_stream else 0,
+             "examples": float(card.get("examples", 0.0)),
+             "seconds": float(card.get("seconds", 0.0))}
+  logging.info("warm start from %s (%s examples seen; data stream from step %d)",
+               cfg.train.init_from, card.get("examples"), history["data_offset"])
+  return state, history
+
+
+def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: dict) -> None:
+  """workdir/model.srj: the model file of this step (pretrained.py), with its card.
+  Every process gathers the parameters; process 0 writes."""
+  model, _ = nnx.merge(graphdef, state)
+  params = pretrained.param_arrays(model)
+  if jax.process_index() != 0:
+    return
+  device = jax.devices()[0]
+  card = {
+      "command": " ".join(sys.argv),
+      "size": config.model.size,
+      "parameters": model_lib.count_params(model),
+      "steps": record["step"],
+      "seed": record["seed"],
+      "data_steps": record["step"] + record["data_offset"],
+      "examples": record["examples"],
+      "seconds": round(record["seconds"], 1),
+      "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+      "validation": {k: float(v) for k, v in eval_metrics.items()},
+      "data": json.loads(config.data.to_json_best_effort()),
+      "generator": json.loads(config.generator.to_json_best_effort()),
+  }
+  pretrained.write_arrays(os.path.join(workdir, "model.srj"), model.config, params, card,
+                          dtype="float16")
+
+
+def _log(pending, writer, progress, cfg, window: _Throughput, peak, force=False):
   step, metrics = pending
   if not force and step % cfg.train.log_every:
     return {}
   values = {k: float(v) for k, v in jax.device_get(metrics).items()}
   if not np.isfinite(values["loss"]):
     raise FloatingPointError(f"loss is {values['loss']} at step {step}; stopping")
-  seconds = max(time.time() - window_start, 1e-9)
-  values["examples_per_sec"] = window[0] / seconds
-  values["tokens_per_sec"] = window[1] / seconds
-  values["tflops_per_device"] = window[2] / seconds / jax.device_count() / 1e12
-  values["mfu"] = flops.mfu(window[2], seconds, jax.device_count(), peak)
+  values.update(window.rates(peak))
+  window.reset()
   writer.write(step, values)
   progress.update(step, f"loss {values['loss']:.3f} acc {values['token_accuracy']:.3f} "
-                        f"{values['examples_per_sec']:.0f} ex/s mfu {values['mfu']:.1%}")
+                        f"{values['examples_per_sec']:.0f} ex/s mfu {values['mfu']:.1%} "
+                        f"(real {values['mfu_real']:.1%})")
   return values
 
 
 def run_validation(cfg: RunConfig, evaluate, state, batch_shardings) -> dict[str, float]:
-  """Token loss and accuracy on a fixed, seeded in-domain set (same every time)."""
+  """Token loss and accuracy on a fixed, seeded in-domain set (same every time; not
+  length-grouped, so it does not depend on data.DataConfig.length_groups)."""
   validation = dataclasses.replace(cfg.data, seed=cfg.data.seed + VALIDATION_SEED_OFFSET,
-                                   num_workers=0)
+                                   num_workers=0, length_groups=1)
   batches = data.make_iterator(validation)
   sums = np.zeros(3)
   for _ in range(cfg.train.eval_batches):

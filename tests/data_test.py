@@ -48,7 +48,8 @@ def test_batches_are_well_formed():
   for batch in batches:
     rows, num_points, width = batch["points_BxNx33"].shape
     assert (rows, num_points) in set(zip(plan.rows, CONFIG.point_buckets)) and width == 33
-    assert batch["targets_BxL"].shape == (rows, CONFIG.max_target_length + 2)
+    assert batch["targets_BxL"].shape[0] == rows
+    assert batch["targets_BxL"].shape[1] in CONFIG.target_buckets
     assert batch["points_BxNx33"].dtype == np.int32 and batch["targets_BxL"].dtype == np.int32
     assert batch["example_mask_B"].all()
     np.testing.assert_array_equal(batch["point_mask_BxN"].sum(1), batch["num_points_B"])
@@ -65,6 +66,59 @@ def test_batches_are_well_formed():
       assert np.all(batch["targets_BxL"][row][~batch["target_mask_BxL"][row]]
                     == tokens.DECODER_VOCAB.pad_id)
       assert batch["input_dimension_B"][row] == sample.input_dimension
+
+
+def test_length_groups_keep_one_length_sorted_slice_of_the_pool():
+  """A step generates length_groups batches' worth of examples, sorts them by target
+  length and keeps the slice group_of_step names; L is the smallest bucket that fits."""
+  plan = data.layout(CONFIG)
+  gen = dataclasses.replace(CONFIG.generator, max_target_length=CONFIG.max_target_length)
+  groups_seen = set()
+  for step in range(6):
+    batch = data.HostBatch(CONFIG)(step)
+    rows, num_points = batch["points_BxNx33"].shape[:2]
+    bucket = CONFIG.point_buckets.index(num_points)
+    first = step * max(plan.rows) * CONFIG.length_groups
+    pool = [generator.generate(gen, CONFIG.seed, first + i, num_points_range=plan.ranges[bucket])
+            for i in range(CONFIG.length_groups * rows)]
+    order = np.argsort([s.target_length for s in pool], kind="stable")
+    group = data.group_of_step(CONFIG, step)
+    groups_seen.add(group)
+    kept = order[group * rows:(group + 1) * rows]
+    np.testing.assert_array_equal(batch["index_B"], first + kept)
+    longest = batch["target_mask_BxL"].sum(1).max()
+    L = batch["targets_BxL"].shape[1]
+    assert longest <= L and not any(longest <= b < L for b in CONFIG.target_buckets)
+  assert len(groups_seen) > 1
+
+
+def test_length_groups_are_chosen_uniformly():
+  """Each pooled example is kept with probability 1/G whatever its length (so the kept
+  examples follow the generator's distribution) exactly when the group is uniform."""
+  from scipy import stats
+  groups = [data.group_of_step(CONFIG, s) for s in range(8_000)]
+  counts = np.bincount(groups, minlength=CONFIG.length_groups)
+  assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_without_length_groups_targets_take_the_longest_bucket():
+  config = dataclasses.replace(CONFIG, length_groups=1)
+  batch = data.HostBatch(config)(0)
+  assert batch["targets_BxL"].shape[1] == config.max_target_length + 2
+  plan = data.layout(config)
+  rows = batch["targets_BxL"].shape[0]
+  np.testing.assert_array_equal(batch["index_B"], np.arange(rows))
+  assert rows in plan.rows
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(target_buckets=(64, 100)), "target_buckets"),
+    (dict(target_buckets=(128, 64)), "target_buckets"),
+    (dict(length_groups=0), "length_groups"),
+])
+def test_bad_length_settings_are_named(change, message):
+  with pytest.raises(ValueError, match=message):
+    data.layout(dataclasses.replace(CONFIG, **change))
 
 
 def test_tokenize_points_layout():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sr_jax import data, decoding, expressions, tokens
+from sr_jax import data, decoding, expressions, grammar, operators, tokens
 from sr_jax.decoding import BOS_ID, EOS_ID, PAD_ID, DecodeConfig, decode, to_prefixes
 from sr_jax.model import Transformer, model_config
 from sr_jax.sharding import DEFAULT_RULES, MeshConfig, batch_sharding, make_mesh
@@ -26,7 +26,7 @@ def model():
   """Random weights, with an EOS bias so that candidates end at varied lengths (greedy ends
   at once for two inputs and never for the third)."""
   cfg = model_config("debug", num_decoder_layers=2, encoder_vocab_size=64, decoder_vocab_size=64,
-                     max_target_len=32)
+                     output_layer="full", max_target_len=32)
   m = Transformer(cfg, rngs=nnx.Rngs(0))
   m.output_bias[...] = jnp.zeros(cfg.decoder_vocab_size).at[EOS_ID].set(4.5)
   return m
@@ -210,8 +210,8 @@ def _completes(words, max_len):
         needed -= 1
         i += 3
         continue
-      needed += (decoding.operators.OPERATORS[w].arity - 1
-                 if w in decoding.operators.OPERATORS else -1)
+      needed += (operators.OPERATORS[w].arity - 1
+                 if w in operators.OPERATORS else -1)
       i += 1
     if needed < 0:
       return False
@@ -236,7 +236,7 @@ def test_grammar_mask_allows_exactly_the_completable_tokens():
     while True:  # a random valid partial sequence, grown with the mask itself
       row = np.full((1, max_len), PAD_ID, np.int32)
       row[0, :len(words)] = vocab.encode_words(words)
-      mask = np.asarray(decoding.grammar_mask(jnp.asarray(row), jnp.int32(len(words) - 1)))[0]
+      mask = np.asarray(grammar.grammar_mask(jnp.asarray(row), jnp.int32(len(words) - 1)))[0]
       for word in candidates:
         assert mask[vocab.ids[word]] == _completes(words + [word], max_len), (words, word)
       allowed = np.flatnonzero(mask)
@@ -265,7 +265,7 @@ def test_constrained_decoding_always_parses(method, count):
       cfg, constrained=False)).tokens_BxCxL)
   assert invalid_free > 0
   with pytest.raises(ValueError, match="decoder vocabulary"):
-    small = Transformer(model_config("debug", decoder_vocab_size=64), rngs=nnx.Rngs(0))
+    small = Transformer(model_config("debug", decoder_vocab_size=64, output_layer="full"), rngs=nnx.Rngs(0))
     decode(small, points, mask, cfg)
 
 
@@ -315,7 +315,7 @@ def _constrained_log_probs(model, points, mask, tokens_BxCxL):
   dims_BC = jnp.repeat(decoding.input_dimensions(points), C, axis=0)
   total_BC = np.zeros(B * C)
   for t in range(L - 1):
-    allowed_BCxV = decoding.grammar_mask(rows_BCxL, jnp.int32(t), dims_BC)
+    allowed_BCxV = grammar.grammar_mask(rows_BCxL, jnp.int32(t), dims_BC)
     log_probs_BCxV = jax.nn.log_softmax(jnp.where(allowed_BCxV, logits_BCxLxV[:, t], -jnp.inf))
     next_BC = rows_BCxL[:, t + 1]
     chosen = np.asarray(jnp.take_along_axis(log_probs_BCxV, next_BC[:, None], axis=1)[:, 0])
@@ -342,7 +342,7 @@ def test_constrained_step_matches_the_full_vocabulary():
                              rtol=1e-4, atol=1e-4)
   words_BCxL = np.asarray(sampled.tokens_BxCxL).reshape(32, 24)
   # Some step had more rows needing a mantissa than one chunk holds.
-  assert np.isin(words_BCxL, decoding._vocab_split()[0]).sum(axis=0).max() > 8
+  assert np.isin(words_BCxL, grammar.vocab_split()[0]).sum(axis=0).max() > 8
   greedy = decode(model, points, mask, DecodeConfig("greedy", max_len=24, constrained=True))
   tokens_BxL = np.full((2, 24), PAD_ID, np.int32)
   tokens_BxL[:, 0] = BOS_ID
@@ -350,7 +350,7 @@ def test_constrained_step_matches_the_full_vocabulary():
   dims_B = decoding.input_dimensions(points)
   for t in range(23):
     logits_BxV = full(model, points, mask, jnp.asarray(tokens_BxL))[:, t]
-    allowed_BxV = decoding.grammar_mask(jnp.asarray(tokens_BxL), jnp.int32(t), dims_B)
+    allowed_BxV = grammar.grammar_mask(jnp.asarray(tokens_BxL), jnp.int32(t), dims_B)
     done_B = (tokens_BxL == EOS_ID).any(axis=1)
     tokens_BxL[:, t + 1] = np.where(done_B, PAD_ID, np.argmax(
         np.where(allowed_BxV, logits_BxV, -np.inf), axis=-1))

@@ -186,7 +186,7 @@ def test_groups_and_the_decoding_thread_do_not_change_results(monkeypatch):
     np.testing.assert_allclose([row[2] for row in table(a)], [row[2] for row in table(b)],
                                rtol=1e-6, atol=1e-9)
   assert apart.seconds["decode"] > 0 and apart.seconds["refine"] > 0
-  small_vocabulary = Transformer(model_config("debug", decoder_vocab_size=64),
+  small_vocabulary = Transformer(model_config("debug", decoder_vocab_size=64, output_layer="full"),
                                  rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="decoder vocabulary"):
     inference.run(small_vocabulary, datasets, config)

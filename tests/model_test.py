@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sr_jax import data, generator
 from sr_jax.model import SIZES, ModelConfig, Transformer, count_params, model_config
 
 B, N, L = 2, 6, 8
 # Behaviour tests use small vocabularies: same code paths, less compile and run time.
-SMALL_VOCAB = dict(encoder_vocab_size=64, decoder_vocab_size=64)
+SMALL_VOCAB = dict(encoder_vocab_size=64, decoder_vocab_size=64, output_layer="full")
 
 
 def _batch(cfg: ModelConfig, seed=0):
@@ -140,6 +141,21 @@ def test_encoder_is_permutation_invariant(model):
   np.testing.assert_allclose(enc_perm, enc[:, perm], atol=1e-5)
   np.testing.assert_allclose(_forward(model, points[:, perm], mask[:, perm], targets),
                              _forward(model, points, mask, targets), atol=1e-4)
+
+
+def test_point_embedder_equals_e2e_concatenation():
+  """The sign-slot lookup (Transformer._embed_points) computes E2E's layer, the
+  concatenation of all 33 token embeddings times the kernel plus bias, on tokenized points."""
+  cfg = model_config("debug")
+  model = Transformer(cfg, rngs=nnx.Rngs(4))
+  samples = [generator.generate(generator.GeneratorConfig(), 0, i) for i in range(3)]
+  points = jnp.asarray(data.tokenize_points(samples, 200))
+  table = np.asarray(model.point_embed[...], np.float64)
+  emb = np.where((np.asarray(points) != cfg.encoder_pad_id)[..., None], table[points], 0)
+  expected = (emb.reshape(3, 200, -1) @ np.asarray(model.embed_hidden.kernel[...], np.float64)
+              + np.asarray(model.embed_hidden.bias[...], np.float64))
+  np.testing.assert_allclose(np.asarray(model._embed_points(points)), expected, rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_masked_points_do_not_matter(model):

@@ -1,6 +1,7 @@
 """SymbolicTransformerRegressor: scikit-learn's estimator checks, pandas names in every
 export, the exports agree with predict, bad input is named, and a trained run loads."""
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from configs import debug
-from sr_jax import checkpoint, inference, training
+from sr_jax import checkpoint, inference, pretrained, training
 from sr_jax.model import Transformer, model_config
 from sr_jax.regressor import SymbolicTransformerRegressor, model
 
@@ -92,5 +93,12 @@ def test_trained_run_loads_and_fits(tmp_path):
                                      max_bags=1, num_refine=1, refine_iters=5)
   est.fit(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20))
   assert np.isfinite(est.score(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20)))
-  with pytest.raises(checkpoint.CheckpointError, match="not a training run"):
+  exported = inference.load_model(str(tmp_path / "model.srj"))  # the run's model file
+  for a, b in zip(jax.tree.leaves(nnx.state(exported, nnx.Param)),
+                  jax.tree.leaves(nnx.state(loaded, nnx.Param))):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # stored as float16
+  with pytest.raises(pretrained.ModelFileError, match="no model file"):
     inference.load_model(str(tmp_path / "nowhere"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(checkpoint.CheckpointError, match="not a training run"):
+    inference.load_model(str(tmp_path / "empty"))

@@ -51,7 +51,8 @@ def test_batch_sharding():
 
 
 def test_model_built_under_mesh_is_sharded_by_the_rules():
-  cfg = model_config("debug", encoder_vocab_size=64, decoder_vocab_size=64)
+  cfg = model_config("debug", encoder_vocab_size=64, decoder_vocab_size=64,
+                     output_layer="full")
   mesh = make_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(DEFAULT_RULES):
     model = jax.jit(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))()

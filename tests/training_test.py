@@ -11,19 +11,20 @@ import pytest
 from flax import nnx
 
 from configs import debug
-from sr_jax import checkpoint, data, evaluation, sharding, training
+from sr_jax import checkpoint, data, evaluation, pretrained, sharding, training
 
 
 def _config(**train):
   config = debug.get_config()
   config.data.point_buckets = (200,)  # one batch shape: one compilation
   config.data.points_per_batch = 1_600  # 8 examples
+  config.data.length_groups = 1  # targets of 128 words: one batch shape
   config.generator.max_input_dimension = 3
   config.optim.warmup_steps = 1
   config.optim.warmup_init_lr = 3e-3
   config.optim.learning_rate = 3e-3
-  config.train.update(log_every=2, eval_every=1_000, eval_batches=1,
-                      checkpoint_every=2, async_checkpoints=False, **train)
+  config.train.update({**dict(log_every=2, eval_every=1_000, eval_batches=1,
+                              checkpoint_every=2, async_checkpoints=False), **train})
   return config
 
 
@@ -159,3 +160,52 @@ def test_corrupt_checkpoint_is_skipped_then_named(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="step 4 .* unreadable"):
     ckpt.restore(checkpoint.abstract_like(state), step=4)
   ckpt.close()
+
+
+def test_budget_stops_in_time_then_the_same_command_resumes(tmp_path):
+  """max_minutes: the run stops after the first step that ends past the budget, with its
+  checkpoint and model file written; rerunning continues to num_steps."""
+  config = _config(num_steps=6, max_minutes=1e-4, checkpoint_every=100)
+  stopped = training.train_and_evaluate(config, str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 100, 3)
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
+  assert "valid_loss" in stopped
+  assert pretrained.card(str(tmp_path / "model.srj"))["steps"] == 1
+  finished = training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100),
+                                         str(tmp_path))
+  straight = training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100),
+                                         str(tmp_path / "straight"))
+  assert finished["loss"] == straight["loss"]
+  card = pretrained.card(str(tmp_path / "model.srj"))
+  assert card["steps"] == 6 and card["examples"] == 6 * 8
+
+
+def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
+  training.train_and_evaluate(_config(num_steps=4), str(tmp_path / "first"))
+  model_file = str(tmp_path / "first" / "model.srj")
+  config = _config(num_steps=2, init_from=model_file)
+  header, arrays = pretrained.read(model_file)
+  cfg = training.RunConfig.from_config_dict(config)
+  mesh = sharding.make_mesh(cfg.mesh)
+  graphdef, state, shardings = training.create_state(cfg, mesh)
+  warm, history = training._warm_start(cfg, graphdef, state, shardings)
+  loaded = pretrained.param_arrays(nnx.merge(graphdef, warm)[0])
+  for name, value in arrays.items():
+    np.testing.assert_array_equal(loaded[name], value)
+  assert history == {"data_offset": 4, "examples": 32.0, "seconds": header["card"]["seconds"]}
+  metrics = training.train_and_evaluate(config, str(tmp_path / "second"))
+  fresh = training.train_and_evaluate(_config(num_steps=2), str(tmp_path / "fresh"))
+  assert metrics["loss"] < fresh["loss"]
+  card = pretrained.card(str(tmp_path / "second" / "model.srj"))
+  assert card["data_steps"] == 6 and card["examples"] == 48
+  other = _config(num_steps=2, init_from=model_file)
+  other.model.num_decoder_layers = 2
+  with pytest.raises(pretrained.ModelFileError, match="num_decoder_layers"):
+    training.train_and_evaluate(other, str(tmp_path / "mismatch"))
+
+
+def test_accumulation_that_does_not_divide_the_batch_is_named():
+  config = _config(grad_accum_steps=3)
+  with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the batch rows"):
+    training.RunConfig.from_config_dict(config)
