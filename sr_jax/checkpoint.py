@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -32,10 +33,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, save_every: int, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
+    self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=save_every,
         enable_async_checkpointing=async_save, create=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -52,8 +53,9 @@ class Checkpointer:
 
   def restore(self, abstract_state, step: int | None = None):
     """Returns (step, state, extra). Without `step`, the newest readable checkpoint:
-    a corrupt newest one is reported and skipped, so an interrupted save loses at
-    most the steps since the one before it."""
+    a corrupt newer one is reported and moved aside (to `<directory>-corrupt/`, never
+    deleted), so an interrupted save loses at most the steps since the one before it
+    and later saves of those steps go ahead."""
     self._manager.wait_until_finished()
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
@@ -65,13 +67,33 @@ class Checkpointer:
             candidate, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 extra=ocp.args.JsonRestore()))
-        return candidate, restored["state"], restored["extra"]
       except Exception as e:  # orbax raises many types for unreadable data
         message = f"checkpoint step {candidate} in {self.directory} is unreadable: " \
                   f"{type(e).__name__}: {e}"
         logging.warning(message)
         errors.append(message)
+        continue
+      if step is None and errors:
+        self._move_aside(steps[:len(errors)])
+      return candidate, restored["state"], restored["extra"]
     raise CheckpointError("no usable checkpoint:\n  " + "\n  ".join(errors))
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Moves unreadable step folders out of orbax's sight (orbax would keep treating the
+    newest as the latest and refuse to save that step again) and says where."""
+    aside = self.directory + "-corrupt"
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      for bad in steps:
+        target = os.path.join(aside, f"{bad}-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(os.path.join(self.directory, str(bad)), target)
+        logging.warning("moved unreadable checkpoint step %d to %s; training goes on from "
+                        "the step before it", bad, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("sr_jax checkpoint moved aside")
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def close(self) -> None:
     """Waits for pending asynchronous saves; call before the process exits."""

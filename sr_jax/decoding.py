@@ -109,7 +109,9 @@ class _BeamState:
 
 def decode(model: Transformer, points_BxNxT: jax.Array, point_mask_BxN: jax.Array,
            cfg: DecodeConfig, rng: jax.Array | None = None) -> DecodeResult:
-  """Candidates for each input; rng (default: key(cfg.seed)) drives sampling only."""
+  """Candidates for each input. rng drives sampling only: one key per input (shape B),
+  so an input's samples do not depend on the other inputs of the batch, or one key
+  (default key(cfg.seed)) split into B."""
   if cfg.max_len > model.config.max_target_len:
     raise ValueError(f"max_len {cfg.max_len} exceeds max_target_len "
                      f"{model.config.max_target_len}")
@@ -119,6 +121,10 @@ def decode(model: Transformer, points_BxNxT: jax.Array, point_mask_BxN: jax.Arra
                      f"{model.config.decoder_vocab_size}")
   graphdef, state = nnx.split(model)
   rng = jax.random.key(cfg.seed) if rng is None else rng
+  if rng.ndim == 0:
+    rng = jax.random.split(rng, points_BxNxT.shape[0])
+  elif rng.shape != points_BxNxT.shape[:1]:
+    raise ValueError(f"rng holds {rng.shape} keys for {points_BxNxT.shape[0]} inputs")
   return _decode_jit(graphdef, state, points_BxNxT, point_mask_BxN, rng, cfg)
 
 
@@ -236,7 +242,7 @@ def _initial_tokens(batch: int, max_len: int) -> jax.Array:
   return jnp.full((batch, max_len), PAD_ID, jnp.int32).at[:, 0].set(BOS_ID)
 
 
-def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
+def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng_B):
   """Greedy (argmax) or ancestral sampling from softmax(logits / temperature), for
   B*C rows reading B inputs."""
   BC, L = dims_BC.shape[0], cfg.max_len
@@ -248,7 +254,9 @@ def _sample(model, cache, mask_BxN, dims_BC, cfg: DecodeConfig, rng):
   def body(s: _SampleState):
     token_Bx1 = jax.lax.dynamic_slice_in_dim(s.tokens_BxL, s.position, 1, axis=1)
     hidden_BxD, cache = model.decode_step(token_Bx1, s.cache, None, mask_BxN, s.position)
-    uniform_Bx2 = jax.random.uniform(jax.random.fold_in(rng, s.position), (BC, 2))
+    # Each input's C rows draw from that input's own key.
+    uniform_Bx2 = jax.vmap(lambda key: jax.random.uniform(
+        jax.random.fold_in(key, s.position), (cfg.num_candidates, 2)))(rng_B).reshape(BC, 2)
     if cfg.constrained:
       next_B, log_prob_B = _constrained_step(model, hidden_BxD, s, dims_BC, uniform_Bx2,
                                              greedy_B, cfg)

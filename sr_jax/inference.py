@@ -28,23 +28,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
 from sr_jax import checkpoint, data, decoding, expressions, operators, pretrained, refine
-from sr_jax import selection, sharding
+from sr_jax import search, selection, sharding
 from sr_jax.model import MAX_INPUT_DIM, Transformer
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
 MAX_ABS_Y = 9.9995e100
-STAGES = ("prepare", "decode", "parse", "rank", "refine", "select")
+STAGES = ("prepare", "decode", "parse", "rank", "refine", "search", "select")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,10 @@ class InferenceConfig:
   selection: str = "r2"  # or "penalized" (R2 - complexity_penalty * nodes)
   complexity_penalty: float = 1e-3
   max_reported: int = 32  # candidates kept in each dataset's table
+  # Evolutionary search after refinement (search.py): seconds per dataset (0: off),
+  # and its knobs (search.generations > 0 runs that many generations instead).
+  search_time: float = 0.0
+  search: search.SearchConfig = search.SearchConfig()
   float64: bool = True  # scoring and refinement in float64, as E2E's BFGS
   max_time: float | None = None  # seconds for the whole call; stages after it are cut
   seed: int = 0
@@ -83,6 +89,8 @@ class InferenceConfig:
     if min(self.num_candidates, self.max_bags, self.decode_batch,
            self.max_points_per_bag, self.max_reported) < 1 or self.num_refine < 0:
       raise ValueError(f"sizes must be positive: {self}")
+    if self.search_time < 0:
+      raise ValueError(f"search_time must be >= 0 seconds, got {self.search_time}")
     if self.max_points_per_bag > 200:
       raise ValueError("the model reads at most 200 points per bag (E2E's training "
                        f"maximum); got max_points_per_bag={self.max_points_per_bag}")
@@ -98,6 +106,7 @@ class Candidate:
   r2: float
   complexity: int  # prefix nodes
   score: float  # the selection score the table is sorted by
+  source: str = "model"  # "model" (decoded), "search" or "constant" (the fallback)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +117,9 @@ class DatasetResult:
   num_invalid: int  # unparsable, or reading a column the data lacks
   num_duplicates: int  # same skeleton as a better candidate
   notes: tuple[str, ...]
+  # The Pareto front of complexity vs MSE over every candidate found (not only the
+  # reported ones), simplest first; the best candidate under any selection rule is on it.
+  front: tuple[Candidate, ...] = ()
 
   @property
   def best(self) -> Candidate:
@@ -175,6 +187,16 @@ def top_features(x: np.ndarray, y: np.ndarray, k: int = MAX_INPUT_DIM) -> np.nda
   return np.sort(np.argsort(-r, kind="stable")[:k])
 
 
+def dataset_stream(x: np.ndarray, y: np.ndarray, seed: int) -> int:
+  """The random stream of one dataset: from the seed and the data itself, so that a
+  dataset gets the same bags, samples and subsets alone or anywhere in a batch."""
+  digest = hashlib.blake2b(digest_size=8)
+  for a in (x, y):
+    digest.update(str(a.shape).encode())
+    digest.update(np.ascontiguousarray(a, np.float64).tobytes())
+  return int.from_bytes(digest.digest(), "little") ^ (seed & 0xFFFFFFFFFFFFFFFF)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
   x_scaled: np.ndarray  # the kept features, standardised
@@ -183,12 +205,17 @@ class _Prepared:
   mean: np.ndarray
   scale: np.ndarray
   bags: list[np.ndarray]  # row indices
+  score_rows: np.ndarray  # a seeded random subset of <= max_score_points rows
+  stream: int  # dataset_stream
   notes: list[str]
 
 
-def _prepare(x, y, index: int, config: InferenceConfig, rng: np.random.Generator
-             ) -> _Prepared:
+def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
   x, y = check_dataset(x, y, index)
+  stream = dataset_stream(x, y, config.seed)
+  # One shuffle of the rows serves the bags, the scoring subset and (its first
+  # refine.max_points rows) the refinement subset: none is biased on sorted data.
+  order = np.random.default_rng(stream).permutation(len(y))
   notes = []
   features = top_features(x, y)
   if len(features) < x.shape[1]:
@@ -202,12 +229,16 @@ def _prepare(x, y, index: int, config: InferenceConfig, rng: np.random.Generator
                  "they cannot explain y")
   scale = np.where(constant, 1.0, scale)
   num_bags = min(config.max_bags, -(-len(y) // config.max_points_per_bag))
-  order = rng.permutation(len(y))[:num_bags * config.max_points_per_bag]
-  bags = np.array_split(order, num_bags)
+  read = order[:num_bags * config.max_points_per_bag]
+  bags = np.array_split(read, num_bags)
   if num_bags * config.max_points_per_bag < len(y):
-    notes.append(f"{len(y)} points: the model read {len(order)} of them "
+    notes.append(f"{len(y)} points: the model read {len(read)} of them "
                  f"({num_bags} bags of <= {config.max_points_per_bag})")
-  return _Prepared((x - mean) / scale, y, features, mean, scale, bags, notes)
+  if len(y) > config.max_score_points:
+    notes.append(f"{len(y)} points: candidates were ranked on a random "
+                 f"{config.max_score_points} of them")
+  return _Prepared((x - mean) / scale, y, features, mean, scale, bags,
+                   order[:config.max_score_points], stream, notes)
 
 
 def unscale(prefix: expressions.Prefix, mean: np.ndarray, scale: np.ndarray) -> list:
@@ -263,7 +294,8 @@ _GROUP = 64
 
 
 def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarray]],
-        config: InferenceConfig = InferenceConfig(), propose=None) -> InferenceOutput:
+        config: InferenceConfig = InferenceConfig(), propose=None,
+        progress: Callable[[int], None] | None = None) -> InferenceOutput:
   """Formulas for every (X, y) in `datasets`, all stages batched over them.
 
   With a model, decoding runs in a worker thread ahead of the rest: while the bags of
@@ -271,21 +303,21 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   (the stages overlap; on a 2-core CPU that saved 30% of the wall time).
   `propose(bags) -> list of candidate lists` replaces the model's decoding, where
   `bags` is a list of (dataset index, standardised X, y); it exists so the rest of the
-  pipeline can be tested with known candidates. Raises ValueError on bad input, naming
-  the dataset.
+  pipeline can be tested with known candidates. `progress(datasets_done)` is called
+  after each group of datasets. Raises ValueError on bad input, naming the dataset.
   """
   if model is None and propose is None:
     raise ValueError("run needs a model (or a `propose` function)")
   clock = _Clock(config.max_time)
-  rng = np.random.default_rng(config.seed)
-  prepared = [_prepare(x, y, i, config, rng) for i, (x, y) in enumerate(datasets)]
-  bags = [(i, p.x_scaled[rows], p.y[rows]) for i, p in enumerate(prepared)
-          for rows in p.bags]
+  prepared = [_prepare(x, y, i, config) for i, (x, y) in enumerate(datasets)]
+  # (dataset index, X, y, the bag's own key: its dataset's stream and its number).
+  bags = [(i, p.x_scaled[rows], p.y[rows], (p.stream, j)) for i, p in enumerate(prepared)
+          for j, rows in enumerate(p.bags)]
   first_bag = np.cumsum([0] + [len(p.bags) for p in prepared])
   clock.lap("prepare")
 
   if propose is not None:
-    proposed = [list(c) for c in propose(bags)]
+    proposed = [list(c) for c in propose([(i, x, y) for i, x, y, _ in bags])]
     clock.lap("decode")
     decoder = None
   else:
@@ -303,6 +335,8 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
       results += _finish_group([prepared[i] for i in group],
                                [bags[b][0] - group.start for b in bag_range], proposals,
                                config, clock)
+      if progress is not None:
+        progress(len(results))
   finally:
     if decoder is not None:
       decoder.close()
@@ -338,20 +372,18 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: li
     table = _rank_refine_select(prepared, candidates, config, clock)
   results = []
   for i, p in enumerate(prepared):
-    rows, duplicates = table[i]
+    rows, front, duplicates = table[i]
+    user = lambda c: dataclasses.replace(c, prefix=tuple(unscale(c.prefix, p.mean, p.scale)))
     results.append(DatasetResult(
-        candidates=tuple(dataclasses.replace(c, prefix=tuple(unscale(c.prefix, p.mean,
-                                                                     p.scale)))
-                         for c in rows),
-        features=tuple(int(f) for f in p.features), num_decoded=num_decoded[i],
-        num_invalid=num_invalid[i], num_duplicates=duplicates, notes=tuple(p.notes)))
+        candidates=tuple(map(user, rows)), features=tuple(int(f) for f in p.features),
+        num_decoded=num_decoded[i], num_invalid=num_invalid[i], num_duplicates=duplicates,
+        notes=tuple(p.notes), front=tuple(map(user, front))))
   clock.lap("select")
   return results
 
 
-def _score_points(p: _Prepared, config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
-  rows = slice(0, config.max_score_points)
-  return p.x_scaled[rows], p.y[rows]
+def _score_points(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+  return p.x_scaled[p.score_rows], p.y[p.score_rows]
 
 
 def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys: list,
@@ -374,49 +406,92 @@ def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys:
 
 def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                         config: InferenceConfig, clock: _Clock):
-  """Per dataset: (ranked Candidates, number of skeleton duplicates)."""
-  points = [_score_points(p, config) for p in prepared]
+  """Per dataset: (ranked Candidates, their Pareto front, number of skeleton
+  duplicates)."""
+  points = [_score_points(p) for p in prepared]
   xs, ys = [x for x, _ in points], [y for _, y in points]
   flat = [(i, c) for i, cs in enumerate(candidates) for c in cs]
   scores = selection.score([c for _, c in flat], [i for i, _ in flat], xs, ys)
-  pools: list[list[tuple]] = [[] for _ in prepared]  # (prefix, refined, mse, r2)
-  for (i, prefix), mse, r2 in zip(flat, scores.mse, scores.r2):
-    pools[i].append((prefix, False, mse, r2))
+  # Pool entries: (prefix, refined, mse, r2, source); the constant fallback is last.
+  pools: list[list[tuple]] = [[] for _ in prepared]
+  for k, ((i, prefix), mse, r2) in enumerate(zip(flat, scores.mse, scores.r2)):
+    last = k + 1 == len(flat) or flat[k + 1][0] != i
+    pools[i].append((prefix, False, mse, r2, "constant" if last else "model"))
   duplicates, to_refine = [], []
   for i, pool in enumerate(pools):
     order = sorted(range(len(pool)), key=lambda j: pool[j][2])  # by MSE, stable
     kept = selection.unique_by_skeleton([c[0] for c in pool], order)
     duplicates.append(len(pool) - len(kept))
     pools[i] = [pool[j] for j in kept]
-    to_refine += [(i, pool[j][0]) for j in kept[:config.num_refine]
+    to_refine += [(i, pool[j][0], pool[j][4]) for j in kept[:config.num_refine]
                   if np.isfinite(pool[j][2]) and expressions.num_constants(pool[j][0])]
   clock.lap("rank")
 
   if to_refine and not clock.expired():
-    refine_points = [(xs[i][:config.refine.max_points], ys[i][:config.refine.max_points])
-                     for i, _ in to_refine]
-    refined = refine.refine([c for _, c in to_refine], [x for x, _ in refine_points],
-                            [y for _, y in refine_points], config.refine)
-    for (i, _), prefix, mse, r2 in zip(to_refine, refined.prefixes,
-                                       *_refined_scores(refined, to_refine, xs, ys, config)):
-      pools[i].append((prefix, True, mse, r2))
+    _refine_into(pools, to_refine, xs, ys, config)
   elif to_refine:
     for p in prepared:
       p.notes.append("time budget reached: constants not refined")
   clock.lap("refine")
 
+  if (config.search_time > 0 or config.search.generations) and not clock.expired():
+    _search_into(pools, prepared, xs, ys, config, clock)
+  clock.lap("search")
+
   table = []
   for i, pool in enumerate(pools):
-    complexity = np.array([len(c[0]) for c in pool])
+    complexity = np.array([search.returned_complexity(c[0]) for c in pool])
     r2 = np.array([c[3] for c in pool])
     order_score = selection.selection_score(r2, complexity, config.selection,
                                             config.complexity_penalty)
     order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
-    rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]),
-                      float(pool[j][3]), int(complexity[j]), float(order_score[j]))
-            for j in order[:config.max_reported]]
-    table.append((rows, duplicates[i]))
+    rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]), float(pool[j][3]),
+                      int(complexity[j]), float(order_score[j]), pool[j][4])
+            for j in order]
+    table.append((rows[:config.max_reported], _front(rows), duplicates[i]))
   return table
+
+
+def _refine_into(pools: list[list[tuple]], to_refine: list[tuple], xs, ys,
+                 config: InferenceConfig) -> None:
+  """Refines (dataset, prefix, source) candidates on their refinement points (the first
+  refine.max_points of the scoring subset) and adds them to their pools."""
+  refined = refine.refine([c for _, c, _ in to_refine],
+                          [xs[i][:config.refine.max_points] for i, _, _ in to_refine],
+                          [ys[i][:config.refine.max_points] for i, _, _ in to_refine],
+                          config.refine)
+  entries = [(i, c) for i, c, _ in to_refine]
+  for (i, _, source), prefix, mse, r2 in zip(
+      to_refine, refined.prefixes, *_refined_scores(refined, entries, xs, ys, config)):
+    pools[i].append((prefix, True, mse, r2, source))
+
+
+def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
+                 config: InferenceConfig, clock: _Clock) -> None:
+  """Evolves every dataset's formulas (seeded with its pool, best first) and adds the
+  search's Pareto front and best formula, refined like the model's, to the pool."""
+  seeds = [[c[0] for c in sorted(pool, key=lambda c: c[2]) if np.isfinite(c[2])]
+           for pool in pools]
+  results = search.run(seeds, xs, ys, [p.stream for p in prepared], config.search,
+                       config.search_time * len(prepared), clock.deadline)
+  found = []
+  for i, (result, p) in enumerate(zip(results, prepared)):
+    p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
+                   "formulas evaluated")
+    kept = {tuple(c[0]) for c in pools[i]}
+    found += [(i, list(f.prefix), "search") for f in result.front + (result.best,)
+              if tuple(f.prefix) not in kept]
+  if found:
+    _refine_into(pools, found, xs, ys, config)
+
+
+def _front(rows: list[Candidate]) -> list[Candidate]:
+  """The candidates no other beats in both complexity and MSE, simplest first."""
+  front = []
+  for c in sorted(rows, key=lambda c: (c.complexity, c.mse)):
+    if np.isfinite(c.mse) and (not front or c.mse < front[-1].mse):
+      front.append(c)
+  return front
 
 
 class _Decoder:
@@ -442,7 +517,6 @@ class _Decoder:
     batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())
     self.batch = -(-batch // devices) * devices
     self.mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
-    self.rng = jax.random.key(config.seed)
     self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sr_jax-decode")
     self.chunks = [self.pool.submit(self._decode_chunk, index, begin)
                    for index, begin in enumerate(range(0, len(bags), self.batch))]
@@ -465,8 +539,10 @@ class _Decoder:
     start = time.perf_counter()
     config, batch = self.config, self.batch
     chunk = self.bags[begin:begin + batch]
-    samples = [_Bag(x, y) for _, x, y in chunk]
+    samples = [_Bag(x, y) for _, x, y, _ in chunk]
     samples += [samples[0]] * (batch - len(samples))
+    keys = [_bag_key(*key) for _, _, _, key in chunk]
+    keys = jnp.stack(keys + keys[:1] * (batch - len(keys)))
     points = data.tokenize_points(samples, config.max_points_per_bag)
     mask = np.zeros((batch, config.max_points_per_bag), bool)
     for row, s in enumerate(samples):
@@ -474,8 +550,7 @@ class _Decoder:
     with jax.set_mesh(self.mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES):
       inputs = [jax.device_put(a, sharding.batch_sharding(self.mesh, sharding.DEFAULT_RULES,
                                                           a.ndim)) for a in (points, mask)]
-      outputs = [decoding.decode(self.model, *inputs, cfg, jax.random.fold_in(self.rng, index))
-                 for cfg in self.methods]
+      outputs = [decoding.decode(self.model, *inputs, cfg, keys) for cfg in self.methods]
     per_bag = [[] for _ in chunk]
     for out in outputs:
       prefixes, _ = decoding.to_prefixes(np.asarray(out.tokens_BxCxL)[:len(chunk)])
@@ -483,6 +558,12 @@ class _Decoder:
         per_bag[row] += candidates
     self.clock.add("decode", time.perf_counter() - start)
     return per_bag
+
+
+def _bag_key(stream: int, bag: int) -> jax.Array:
+  """The sampling key of a dataset's bag-th bag (dataset_stream folds in the seed)."""
+  key = jax.random.key(stream & 0x7FFFFFFF)
+  return jax.random.fold_in(jax.random.fold_in(key, (stream >> 31) & 0x7FFFFFFF), bag)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,6 +85,10 @@ SIZES: dict[str, dict] = {
     "paper": dict(output_layer="full"),  # 91.45M, E2E's output softmax
     "s3m": dict(d_model=128, num_heads=4, mlp_dim=512, num_encoder_layers=2,
                 num_decoder_layers=2, token_embed_dim=16),  # 2.79M
+    "s7m": dict(d_model=192, num_heads=6, mlp_dim=768, num_encoder_layers=2,
+                num_decoder_layers=4, token_embed_dim=32),  # 6.93M
+    "s10m": dict(d_model=256, num_heads=8, mlp_dim=1024, num_encoder_layers=2,
+                 num_decoder_layers=4, token_embed_dim=32),  # 10.20M: `small`, embeddings of 32
     "s20m": dict(d_model=320, num_heads=8, mlp_dim=1280, num_encoder_layers=2,
                  num_decoder_layers=6, token_embed_dim=48),  # 19.21M
     "s90m": dict(),  # 91.45M

@@ -117,20 +117,32 @@ class MetricWriter:
 
 
 class Progress:
-  """One self-overwriting terminal line (a plain line per update when not a tty)."""
+  """One self-overwriting terminal line (a plain line per update when not a tty): a
+  bar, steps done, elapsed time, the time left (from the rate since the start, or the
+  time budget when that ends sooner) and the caller's text."""
 
-  def __init__(self, total: int, stream=sys.stderr):
-    self.total, self.stream = total, stream
+  def __init__(self, total: int, stream=None, start: int = 0,
+               budget_seconds: float | None = None, unit: str = ""):
+    stream = sys.stderr if stream is None else stream
+    self.total, self.stream, self.first, self.unit = total, stream, start, unit
+    self.budget = budget_seconds
     self.interactive = stream.isatty() and jax.process_index() == 0
     self.start = time.time()
 
-  def update(self, step: int, text: str) -> None:
+  def update(self, step: int, text: str = "") -> None:
     if jax.process_index() != 0:
       return
-    fraction = min(step / max(self.total, 1), 1.0)
     elapsed = time.time() - self.start
+    fraction = min(step / max(self.total, 1), 1.0)
+    left = (self.total - step) * elapsed / (step - self.first) if step > self.first else None
+    if self.budget:
+      fraction = max(fraction, min(elapsed / self.budget, 1.0))
+      left = max(self.budget - elapsed, 0.0) if left is None else min(left, max(
+          self.budget - elapsed, 0.0))
     bar = "#" * int(20 * fraction) + "." * (20 - int(20 * fraction))
-    line = f"[{bar}] {step}/{self.total} {elapsed:6.0f}s {text}"
+    eta = "" if left is None else f", {_duration(left)} left"
+    line = (f"[{bar}] {step}/{self.total}{self.unit} {_duration(elapsed)}{eta}"
+            + (f"  {text}" if text else ""))
     if self.interactive:
       self.stream.write("\r" + line[:160].ljust(160))
     else:
@@ -140,3 +152,12 @@ class Progress:
   def close(self) -> None:
     if self.interactive:
       self.stream.write("\n")
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -20,7 +20,7 @@ import sympy
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from sr_jax import compiler, expressions, inference, interpreter, refine
+from sr_jax import compiler, expressions, inference, interpreter, monitor, refine, search
 from sr_jax.model import Transformer
 
 
@@ -37,15 +37,30 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   method / num_candidates / temperature / max_len: decoding (C candidates per bag,
   plus the greedy one); max_bags: bags of <= 200 points read per dataset;
   num_refine: top distinct skeletons whose constants are refined (refine_method
-  'lm' or 'lbfgs', refine_iters iterations); selection: 'r2' or 'penalized';
+  'lm' or 'lbfgs', refine_iters iterations);
+  search_time: seconds of evolutionary search per dataset after refinement, seeded
+  with the model's candidates (search.py; 0 turns it off). The default, 2 s, is where
+  the search pays most per second on Feynman (BENCHMARKS.md, benchmarks/search.py)
+  and the budget at which Operon, the strongest GP baseline, was measured here; a
+  single fit then takes a few seconds. search_generations > 0 runs exactly that many
+  generations instead, which makes the result reproducible bit for bit (a time budget
+  reaches a machine-dependent number of generations);
+  selection: the model-selection rule among the candidates: 'r2' (the most accurate)
+  or 'penalized' (R2 minus complexity_penalty per node of the formula);
   max_time: seconds per fit call, later stages are cut short when it runs out;
-  random_state: seed of bags and sampling (None means 0: results are reproducible).
+  random_state: seed of bags, sampling and search (None means 0).
+
+  After fit: `equations_` is the Pareto front of complexity vs error (PySR's table:
+  simplest first; `selected` marks the formula the selection rule picked, which
+  predict, sympy, latex and model use), `candidates_` every reported candidate, best
+  first.
   """
 
   def __init__(self, pretrained: str | Transformer | None = None, method: str = "sample",
                num_candidates: int = 10, temperature: float = 1.0, max_len: int = 128,
                max_bags: int = 10, num_refine: int = 10, refine_method: str = "lm",
-               refine_iters: int = 100, selection: str = "r2",
+               refine_iters: int = 100, search_time: float = 2.0,
+               search_generations: int = 0, selection: str = "r2",
                complexity_penalty: float = 1e-3, max_time: float | None = None,
                float64: bool = True, random_state: int | None = None):
     self.pretrained = pretrained
@@ -57,6 +72,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.num_refine = num_refine
     self.refine_method = refine_method
     self.refine_iters = refine_iters
+    self.search_time = search_time
+    self.search_generations = search_generations
     self.selection = selection
     self.complexity_penalty = complexity_penalty
     self.max_time = max_time
@@ -73,6 +90,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         num_refine=self.num_refine,
         refine=refine.RefineConfig(method=self.refine_method,
                                    max_iters=self.refine_iters, seed=seed),
+        search_time=self.search_time,
+        search=search.SearchConfig(generations=self.search_generations, seed=seed),
         selection=self.selection, complexity_penalty=self.complexity_penalty,
         float64=self.float64, max_time=self.max_time, seed=seed)
 
@@ -100,27 +119,38 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.seconds_ = output.seconds
     return self
 
-  def fit_many(self, datasets: Sequence[tuple]) -> list[inference.DatasetResult]:
+  def fit_many(self, datasets: Sequence[tuple], verbose: bool = False
+               ) -> list[inference.DatasetResult]:
     """Formulas for many (X, y) datasets in one batched run; returns each dataset's
     ranked candidates (inference.DatasetResult). The estimator itself stays as it was.
+    verbose: a progress line (datasets done, elapsed, time left) on stderr.
     Bad input raises inference.run's ValueError, which names the dataset."""
-    output = inference.run(self._transformer(), datasets, self._config())
+    progress = monitor.Progress(len(datasets), unit=" datasets") if verbose else None
+    output = inference.run(self._transformer(), datasets, self._config(),
+                           progress=progress.update if progress else None)
+    if progress:
+      progress.close()
     return output.results
 
   def _set_result(self, result: inference.DatasetResult) -> None:
     self.result_ = result
     self.features_ = result.features
     self.prefix_ = list(result.best.prefix)
+    self.candidates_ = self._table(result.candidates)
+    self.equations_ = self._table(result.front)
+    self.equations_["selected"] = [c == result.best for c in result.front]
+
+  def _table(self, candidates) -> pd.DataFrame:
     names = self._names()
-    self.equations_ = pd.DataFrame({
-        "expression": [expressions.to_infix(list(c.prefix), names) for c in result.candidates],
-        "sympy": [expressions.to_sympy(list(c.prefix), self._symbols())
-                  for c in result.candidates],
-        "complexity": [c.complexity for c in result.candidates],
-        "loss": [c.mse for c in result.candidates],
-        "r2": [c.r2 for c in result.candidates],
-        "refined": [c.refined for c in result.candidates],
-        "score": [c.score for c in result.candidates],
+    return pd.DataFrame({
+        "expression": [expressions.to_infix(list(c.prefix), names) for c in candidates],
+        "sympy": [expressions.to_sympy(list(c.prefix), self._symbols()) for c in candidates],
+        "complexity": [c.complexity for c in candidates],
+        "loss": [c.mse for c in candidates],
+        "r2": [c.r2 for c in candidates],
+        "refined": [c.refined for c in candidates],
+        "source": [c.source for c in candidates],
+        "score": [c.score for c in candidates],
     })
 
   def _names(self) -> list[str]:

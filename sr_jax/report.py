@@ -1,4 +1,4 @@
-"""Reports of a benchmark run (benchmarking.py rows): CSV, a markdown summary next to
+"""Reports of a benchmark run (suite_runner.py rows): CSV, a markdown summary next to
 the published numbers, and PNG plots."""
 
 from __future__ import annotations
@@ -26,13 +26,21 @@ PUBLISHED = {
 
 
 def summary(rows: list[dict]) -> pd.DataFrame:
-  """One line per (suite, noise): the SRBench and E2E aggregate metrics."""
+  """One line per (suite, noise): the SRBench and E2E aggregate metrics. A task whose
+  test metrics are not finite (stored as null) counts as a failure: R2 -inf, clipped R2
+  and accuracies 0."""
   frame = pd.DataFrame(rows)
   if "symbolic_solution" not in frame:
     frame["symbolic_solution"] = np.nan
+  failed = frame["test_r2"].isna()
+  frame["test_r2"] = frame["test_r2"].astype(float).fillna(-np.inf)
+  for column in ("test_r2_zero", "test_acc_0.1", "test_acc_0.01", "test_acc_0.001"):
+    frame[column] = frame[column].astype(float).fillna(0.0)
+  frame["failed"] = failed
   groups = frame.groupby(["suite", "noise"], sort=True)
   return pd.DataFrame({
       "datasets": groups.size(),
+      "failed": groups["failed"].sum(),
       "R2>0.99": groups["test_r2"].apply(lambda r: np.mean(r > 0.99)),
       "R2>0.999": groups["test_r2"].apply(lambda r: np.mean(r > 0.999)),
       "mean R2 (clip 0)": groups["test_r2_zero"].mean(),

@@ -9,6 +9,7 @@ and MSE / R2 come back for all of them. Non-finite predictions score MSE = inf.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -31,11 +32,15 @@ class Scores:
 
 
 def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
-          xs: Sequence[np.ndarray], ys: Sequence[np.ndarray]) -> Scores:
+          xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], scaled: bool = False,
+          check: bool = True) -> Scores:
   """MSE and R2 of prefixes[i] on dataset dataset_ids[i], for all i at once.
 
   xs[j] is N_j x D_j and ys[j] has N_j values (all finite). Runs in float64 under
-  `jax.enable_x64(True)`, else float32.
+  `jax.enable_x64(True)`, else float32. scaled: the scores of a + b * prediction with
+  the best a and b (least squares, in closed form): R2 is then the squared correlation
+  of prediction and y (the search screens offspring with it, as Operon does).
+  check=False skips validating prefixes that are valid by construction.
   """
   if not prefixes:
     return Scores(np.zeros(0), np.zeros(0))
@@ -65,21 +70,25 @@ def score(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
   for begin in range(0, len(prefixes), chunk):
     rows = order[begin:begin + chunk].tolist()
     padded = rows + [rows[0]] * (chunk - len(rows))
-    program = compiler.compile_batch([prefixes[i] for i in padded], length, slots)
+    program = compiler.compile_batch([prefixes[i] for i in padded], length, slots,
+                                     check=check)
     ids = jnp.asarray([dataset_ids[i] for i in padded], jnp.int32)
     out = _score_chunk(tuple(map(jnp.asarray, program.arrays)),
-                       jnp.asarray(program.constants_BxK, dtype), ids, *data)
+                       jnp.asarray(program.constants_BxK, dtype), ids, *data, scaled=scaled)
     chunk_mse, chunk_r2 = (np.asarray(a, np.float64)[:len(rows)] for a in out)
     mse[rows], r2[rows] = chunk_mse, chunk_r2
   return Scores(mse, r2)
 
 
-@jax.jit
-def _score_chunk(program, constants_BxK, ids_B, x_MxNxD, y_MxN, mask_MxN):
+@functools.partial(jax.jit, static_argnames="scaled")
+def _score_chunk(program, constants_BxK, ids_B, x_MxNxD, y_MxN, mask_MxN, scaled=False):
   x_BxNxD, y_BxN, mask_BxN = x_MxNxD[ids_B], y_MxN[ids_B], mask_MxN[ids_B]
   prediction_BxN = interpreter.evaluate_batch(*program, constants_BxK, x_BxNxD)
   count_B = jnp.maximum(jnp.sum(mask_BxN, axis=1), 1)
   finite_B = jnp.all(jnp.isfinite(prediction_BxN) | ~mask_BxN, axis=1)
+  if scaled:
+    prediction_BxN = _linearly_scaled(jnp.where(mask_BxN & finite_B[:, None],
+                                                prediction_BxN, 0.0), y_BxN, mask_BxN)
   error_BxN = jnp.where(mask_BxN, prediction_BxN - y_BxN, 0.0)
   mse_B = jnp.where(finite_B, jnp.sum(error_BxN**2, axis=1) / count_B, jnp.inf)
   mean_B = jnp.sum(jnp.where(mask_BxN, y_BxN, 0.0), axis=1) / count_B
@@ -90,6 +99,19 @@ def _score_chunk(program, constants_BxK, ids_B, x_MxNxD, y_MxN, mask_MxN):
                    jnp.where(mse_B == 0, 1.0, 0.0))
   mse_B = jnp.where(jnp.isnan(mse_B), jnp.inf, mse_B)
   return mse_B, jnp.where(jnp.isfinite(mse_B), r2_B, -jnp.inf)
+
+
+def _linearly_scaled(prediction_BxN, y_BxN, mask_BxN):
+  """a + b * prediction with the least-squares a, b per row (b = 0 for a constant
+  prediction): the fit linear scaling gives before its error is counted."""
+  count_B = jnp.maximum(jnp.sum(mask_BxN, axis=1), 1)
+  mean = lambda v: jnp.sum(jnp.where(mask_BxN, v, 0.0), axis=1) / count_B
+  f_mean, y_mean = mean(prediction_BxN), mean(y_BxN)
+  centred_BxN = prediction_BxN - f_mean[:, None]
+  variance_B = mean(centred_BxN ** 2)
+  slope_B = jnp.where(variance_B > 0, mean(centred_BxN * (y_BxN - y_mean[:, None]))
+                      / jnp.where(variance_B > 0, variance_B, 1.0), 0.0)
+  return y_mean[:, None] + slope_B[:, None] * centred_BxN
 
 
 def unique_by_skeleton(prefixes: Sequence[expressions.Prefix],

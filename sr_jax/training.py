@@ -49,7 +49,10 @@ class TrainConfig:
   async_checkpoints: bool = True
   tensorboard: bool = True
   max_minutes: float = 0.0  # wall-clock budget of this run (0: none); see train_and_evaluate
+  # CPU-time budget of this process (0: none): equal-compute comparisons on a shared machine.
+  max_cpu_minutes: float = 0.0
   init_from: str = ""  # a model file (pretrained.py) to warm-start a new run from
+  keep_model_files: bool = False  # also keep workdir/models/step_<N>.srj per validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,11 +262,14 @@ class _Throughput:
             "mfu_real": flops.mfu(self.real_flops, seconds, devices, peak)}
 
 
-def _out_of_time(deadline: float | None) -> bool:
-  """Whether the wall-clock budget is spent; process 0 decides for all (clocks differ)."""
-  if deadline is None:
+def _out_of_time(cfg: TrainConfig, started: float, cpu_started: float) -> bool:
+  """Whether the wall-clock or CPU-time budget is spent; process 0 decides for all
+  (clocks differ)."""
+  if cfg.max_minutes <= 0 and cfg.max_cpu_minutes <= 0:
     return False
-  stop = time.time() >= deadline
+  stop = ((cfg.max_minutes > 0 and time.time() - started >= 60 * cfg.max_minutes)
+          or (cfg.max_cpu_minutes > 0
+              and time.process_time() - cpu_started >= 60 * cfg.max_cpu_minutes))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     stop = bool(multihost_utils.broadcast_one_to_all(np.array(stop)))
@@ -276,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir/model.srj at every validation. Stops after num_steps, or at the first step
   that ends past max_minutes of wall-clock (checkpoint and export written). Returns the
   last logged metrics."""
-  started = time.time()
+  started, cpu_started = time.time(), time.process_time()
   cfg = RunConfig.from_config_dict(config)
   mesh = sharding.make_mesh(cfg.mesh)
   logging.info("devices: %d (%s), processes: %d, mesh: %s", jax.device_count(),
@@ -309,9 +315,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   batches = data.make_iterator(cfg.data, start_step + history["data_offset"])
   writer = monitor.MetricWriter(workdir, cfg.train.tensorboard)
-  progress = monitor.Progress(cfg.train.num_steps)
+  budgets = [60 * m for m in (cfg.train.max_minutes, cfg.train.max_cpu_minutes) if m > 0]
+  progress = monitor.Progress(cfg.train.num_steps, start=start_step, unit=" steps",
+                              budget_seconds=min(budgets) if budgets else None)
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
-  deadline = started + 60 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else None
   last_metrics: dict[str, float] = {}
   examples = history["examples"]
   pending = None  # (step, metrics): fetched one step late
@@ -333,20 +340,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       examples += float(np.sum(host_batch["example_mask_B"])) * jax.process_count()
       pending = (step + 1, metrics)
       done = step + 1
-      final = done == cfg.train.num_steps or _out_of_time(deadline)
+      final = done == cfg.train.num_steps or _out_of_time(cfg.train, started, cpu_started)
       if done % cfg.train.eval_every == 0 or final:
         eval_metrics = run_validation(cfg, evaluate, state, batch_shardings)
         writer.write(done, eval_metrics)
         last_metrics.update(eval_metrics)
-        _export(workdir, graphdef, state, config, record(done), eval_metrics)
+        _export(workdir, graphdef, state, config, record(done), eval_metrics,
+                cfg.train.keep_model_files)
       checkpointer.save(done, state, record(done), force=final)
       if final:
         break
     if pending is not None:
       last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True))
-  if deadline is not None and done < cfg.train.num_steps:
-    logging.warning("stopped at step %d of %d: the %.1f-minute budget is spent; rerun the "
-                    "same command to continue", done, cfg.train.num_steps, cfg.train.max_minutes)
+  if done < cfg.train.num_steps:
+    logging.warning("stopped at step %d of %d: the time budget is spent; rerun the same "
+                    "command to continue", done, cfg.train.num_steps)
   progress.close()
   checkpointer.close()
   writer.close()
@@ -379,7 +387,8 @@ def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):
   return state, history
 
 
-def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: dict) -> None:
+def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: dict,
+            keep: bool) -> None:
   """workdir/model.srj: the model file of this step (pretrained.py), with its card.
   Every process gathers the parameters; process 0 writes."""
   model, _ = nnx.merge(graphdef, state)
@@ -404,6 +413,10 @@ def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: d
   }
   pretrained.write_arrays(os.path.join(workdir, "model.srj"), model.config, params, card,
                           dtype="float16")
+  if keep:
+    os.makedirs(os.path.join(workdir, "models"), exist_ok=True)
+    pretrained.write_arrays(os.path.join(workdir, "models", f"step_{record['step']}.srj"),
+                            model.config, params, card, dtype="float16")
 
 
 def _log(pending, writer, progress, cfg, window: _Throughput, peak, force=False):

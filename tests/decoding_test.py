@@ -105,6 +105,61 @@ def test_beam_one_equals_greedy(model, batch, greedy):
   np.testing.assert_allclose(beam.log_probs_BxC, greedy.log_probs_BxC, rtol=1e-5)
 
 
+def _reference_beam(model, points, mask, K, max_len, alpha):
+  """Beam search as documented in decoding._beam_search, written independently: plain
+  Python over hypotheses, each step's log-probabilities from a full teacher-forced
+  forward pass (no cache), finished hypotheses kept in per-input lists."""
+  full = jax.jit(lambda m, p, k, t: m(p, k, t))
+  B = points.shape[0]
+  alive = [[([BOS_ID], 0.0)] for _ in range(B)]  # (tokens, sum log-prob)
+  finished = [[] for _ in range(B)]  # (score, tokens, sum log-prob)
+  for position in range(max_len - 1):
+    if all(len(f) == K for f in finished):
+      break
+    rows = [(b, tokens, lp) for b in range(B) for tokens, lp in alive[b]]
+    tokens_RxL = np.full((len(rows), max_len), PAD_ID, np.int32)
+    for r, (_, tokens, _) in enumerate(rows):
+      tokens_RxL[r, :len(tokens)] = tokens
+    owners = [b for b, _, _ in rows]
+    logits = np.asarray(full(model, points[np.array(owners)], mask[np.array(owners)],
+                             jnp.asarray(tokens_RxL)))[:, position].astype(np.float64)
+    log_probs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
+                                       keepdims=True)) - logits.max(-1, keepdims=True)
+    log_probs[:, [PAD_ID, BOS_ID]] = -np.inf
+    for b in range(B):
+      expansions = sorted(((lp + log_probs[r, w], tokens + [w])
+                           for r, (owner, tokens, lp) in enumerate(rows) if owner == b
+                           for w in range(log_probs.shape[1])), key=lambda e: -e[0])[:2 * K]
+      if len(finished[b]) < K:
+        non_eos = 0
+        for lp, tokens in expansions:
+          if tokens[-1] == EOS_ID and non_eos < K and np.isfinite(lp):
+            finished[b].append((lp / (position + 1) ** alpha, tokens, lp))
+          non_eos += tokens[-1] != EOS_ID
+        finished[b] = sorted(finished[b], key=lambda f: -f[0])[:K]
+      alive[b] = [(tokens, lp) for lp, tokens in expansions if tokens[-1] != EOS_ID][:K]
+  for b in range(B):
+    if len(finished[b]) < K:  # not done at max_len: alive beams compete too
+      finished[b] = sorted(finished[b] + [(lp / (max_len - 1) ** alpha, tokens, lp)
+                                          for tokens, lp in alive[b]],
+                           key=lambda f: -f[0])[:K]
+  return finished
+
+
+@pytest.mark.parametrize("K, alpha", [(3, 1.0), (4, 0.7)])
+def test_beam_search_equals_an_independent_implementation(model, batch, K, alpha):
+  cfg = DecodeConfig("beam", num_candidates=K, max_len=L, length_penalty=alpha)
+  result = decode(model, *batch, cfg)
+  expected = _reference_beam(model, *batch, K, L, alpha)
+  for b, hypotheses in enumerate(expected):
+    for k, (score, tokens, log_prob) in enumerate(hypotheses):
+      row = np.asarray(result.tokens_BxCxL)[b, k]
+      np.testing.assert_array_equal(row[:len(tokens)], tokens)
+      assert np.all(row[len(tokens):] == PAD_ID)
+      assert float(result.scores_BxC[b, k]) == pytest.approx(score, rel=1e-4, abs=1e-4)
+      assert float(result.log_probs_BxC[b, k]) == pytest.approx(log_prob, rel=1e-4, abs=1e-4)
+
+
 def test_beam_is_sorted_distinct_and_ends(model, batch):
   beam = decode(model, *batch, BEAM)
   scores_BxK = np.asarray(beam.scores_BxC)

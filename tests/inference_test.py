@@ -211,3 +211,41 @@ def test_refined_scores_equal_rescoring():
   np.testing.assert_allclose(mse, rescored.mse, rtol=1e-12)
   np.testing.assert_allclose(r2, rescored.r2, rtol=1e-12)
   assert mse[2] != refined.loss[2]  # 300 points: scored on all of them, not 100
+
+
+def test_sorted_data_is_scored_and_refined_on_random_rows(monkeypatch):
+  """On rows sorted by x, refinement's points and the scoring points are a random
+  subset spread over the whole range, not the first rows (E2E's bias)."""
+  n = 30_000
+  x = np.linspace(-3, 3, n)[:, None]
+  y = 2 * np.sin(1.3 * x[:, 0]) + 0.5
+  seen = []
+  real_refine = refine.refine
+
+  def spy(prefixes, xs, ys, config):
+    seen.extend(xs)
+    return real_refine(prefixes, xs, ys, config)
+
+  monkeypatch.setattr(refine, "refine", spy)
+  proposal = ["add", 0.3, "mul", 1.5, "sin", "mul", 1.0, "x_0"]
+  output = inference.run(None, [(x, y)], inference.InferenceConfig(seed=3),
+                         propose=lambda bags: [[proposal] for _ in bags])
+  z = (x[:, 0] - x.mean()) / x.std()
+  assert seen
+  for points in seen:  # the proposal and the constant fallback
+    assert len(points) == refine.RefineConfig().max_points
+    assert points.min() < z.min() + 0.05 and points.max() > z.max() - 0.05
+    assert abs(np.mean(points)) < 0.1  # not the first (most negative) rows
+  assert output.results[0].best.r2 > 0.999
+  assert any("ranked on a random 10000" in note for note in output.results[0].notes)
+
+
+def test_complexity_counts_the_returned_formula():
+  rng = np.random.default_rng(4)
+  x = rng.uniform(1, 3, size=(80, 2))
+  y = 1.5 * x[:, 0] - 0.5 * x[:, 1] + 2.0
+  output = inference.run(None, [(x, y)], inference.InferenceConfig(),
+                         propose=lambda bags: [[["add", 1.0, "add", "mul", 1.0, "x_0", "mul",
+                                                 1.0, "x_1"], ["x_0"]] for _ in bags])
+  for candidate in output.results[0].candidates:
+    assert candidate.complexity == len(candidate.prefix)

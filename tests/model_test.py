@@ -106,10 +106,30 @@ def test_shapes_and_dtypes(dtype):
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
 
 
-def test_pre_layer_norm_runs():
-  cfg = model_config("debug", pre_layer_norm=True, **SMALL_VOCAB)
+def test_pre_layer_norm_blocks_and_final_norms():
+  """Pre-LN: a block is x + f(LN(x)) (checked against that formula with the layer's own
+  sublayer), the encoder ends in a LayerNorm (unit-scale, zero-mean outputs at init),
+  and cached decoding, which applies the final decoder LayerNorm in output_logits,
+  equals teacher forcing."""
+  cfg = model_config("debug", pre_layer_norm=True, num_decoder_layers=2, **SMALL_VOCAB)
   model = Transformer(cfg, rngs=nnx.Rngs(0))
-  assert bool(jnp.all(jnp.isfinite(_forward(model, *_batch(cfg)))))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, cfg.d_model)), jnp.float32)
+  layer = model.encoder_layers[0]
+  mask = jnp.ones((2, 5, 5), bool)
+  h = x + layer.attn(layer.ln_attn(x), layer.ln_attn(x), mask, "points", "points")
+  expected = h + layer.mlp(layer.ln_mlp(h), "points")
+  np.testing.assert_allclose(layer(x, mask), expected, rtol=1e-5, atol=1e-5)
+  points, point_mask, targets = _batch(cfg)
+  enc = np.asarray(_encode(model, points, point_mask))[np.asarray(point_mask)]
+  np.testing.assert_allclose(enc.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(enc.std(-1), 1, atol=1e-3)
+  full = jax.jit(lambda m, t, e, k: m.decode(t, e, k))(
+      model, targets, _encode(model, points, point_mask), point_mask)
+  cache = model.init_cache(B, L)
+  for t in range(L):
+    logits, cache = _logits_step(model, targets[:, t:t + 1], cache,
+                                 _encode(model, points, point_mask), point_mask, jnp.int32(t))
+    np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=1e-4)
 
 
 def test_decoder_is_causal(model):

@@ -1,6 +1,7 @@
 """Metric files: JSON lines, and TensorBoard event files read back with protobuf's own
 wire-format decoder (an Event message type built from a descriptor) as the oracle."""
 
+import io
 import json
 import os
 import struct
@@ -65,3 +66,18 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   values = {v.tag: v.simple_value for v in events[1].summary.value}
   assert values["loss"] == 2.5 and abs(values["lr"] - 1e-4) < 1e-10
   assert events[2].step == 20
+
+
+def test_progress_line_shows_steps_elapsed_and_time_left(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(monitor.time, "time", lambda: now[0])
+  stream = io.StringIO()
+  progress = monitor.Progress(100, stream=stream, start=0, unit=" steps")
+  now[0] = 130.0
+  progress.update(10, "loss 2.0")  # 30 s for 10 steps: 90 steps left take 4m30s
+  assert stream.getvalue().splitlines()[-1] == (
+      "[##..................] 10/100 steps 30s, 4m30s left  loss 2.0")
+  budget = monitor.Progress(1000, stream=stream, budget_seconds=120.0)
+  now[0] = 190.0
+  budget.update(5)  # the 2-minute budget ends in 60 s, sooner than 995 more steps
+  assert stream.getvalue().splitlines()[-1] == "[##########..........] 5/1000 1m00s, 1m00s left"

@@ -19,7 +19,8 @@ _TINY = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(0))
 
 
 def _fast(**overrides):
-  settings = dict(num_candidates=2, max_len=16, max_bags=2, num_refine=2, refine_iters=10)
+  settings = dict(num_candidates=2, max_len=16, max_bags=2, num_refine=2, refine_iters=10,
+                  search_time=0.0)
   return SymbolicTransformerRegressor(_TINY, **{**settings, **overrides})
 
 
@@ -40,11 +41,15 @@ def test_exports_agree_with_predict(fitted):
   est, X, y = fitted
   prediction = est.predict(X)
   assert prediction.shape == (60,)
-  table = est.equations_
+  table = est.candidates_
   assert list(table.columns) == ["expression", "sympy", "complexity", "loss", "r2",
-                                 "refined", "score"]
+                                 "refined", "source", "score"]
   assert table["score"].is_monotonic_decreasing
   assert est.score(X, y) == pytest.approx(table["r2"][0], abs=1e-9)
+  front = est.equations_
+  assert front["complexity"].is_monotonic_increasing and front["loss"].is_monotonic_decreasing
+  assert front["selected"].sum() == 1
+  assert front.loc[front["selected"], "expression"].item() == table["expression"][0]
   # The SRBench string parses with sympy in the user's column names.
   parsed = sympy.sympify(model(est, X))
   assert {str(s) for s in parsed.free_symbols} <= {"mass", "speed", "time"}
@@ -59,8 +64,10 @@ def test_exports_agree_with_predict(fitted):
 def test_bad_use_is_named():
   with pytest.raises(NotFittedError):
     _fast().predict(np.ones((3, 2)))
-  with pytest.raises(ValueError, match="no model"):
-    SymbolicTransformerRegressor().fit(np.ones((3, 1)), np.ones(3))
+  with pytest.raises(ValueError, match="pretrained=3"):
+    SymbolicTransformerRegressor(pretrained=3).fit(np.ones((3, 1)), np.ones(3))
+  with pytest.raises(pretrained.ModelFileError, match="no model file"):
+    SymbolicTransformerRegressor("no/such/model.srj").fit(np.ones((3, 1)), np.ones(3))
   with pytest.raises(ValueError, match="NaN"):
     _fast().fit(np.array([[1.0], [np.nan], [2.0]]), np.ones(3))
   with pytest.raises(ValueError, match="dataset 1: X has 3 rows but y has 2"):
@@ -68,14 +75,24 @@ def test_bad_use_is_named():
 
 
 def test_fit_many_matches_fit_on_each():
+  """A dataset's result does not depend on the datasets beside it: each dataset fitted
+  alone gets the table it gets in a batch, in any order (its bags, samples and
+  subsets come from its own stream)."""
   rng = np.random.default_rng(1)
-  datasets = [(rng.normal(size=(40, 2)), rng.normal(size=40)) for _ in range(2)]
-  est = _fast()
+  datasets = [(rng.normal(size=(n, 2)), rng.normal(size=n)) for n in (40, 250, 90)]
+  est = _fast(num_candidates=4, max_bags=3)
   many = est.fit_many(datasets)
+  reverse = est.fit_many(datasets[::-1])[::-1]
   assert not hasattr(est, "prefix_")
-  assert len(many) == 2 and all(isinstance(r, inference.DatasetResult) for r in many)
-  alone = est.fit(*datasets[0])
-  assert many[0].num_decoded == alone.result_.num_decoded
+  assert len(many) == 3 and all(isinstance(r, inference.DatasetResult) for r in many)
+  for k, (x, y) in enumerate(datasets):
+    alone = est.fit(x, y).result_
+    for other in (many[k], reverse[k]):
+      assert [c.prefix for c in other.candidates] == [c.prefix for c in alone.candidates]
+      assert other.num_decoded == alone.num_decoded and other.num_invalid == alone.num_invalid
+      # Scores are sums over points in batches of other shapes: equal to rounding.
+      np.testing.assert_allclose([c.r2 for c in other.candidates],
+                                 [c.r2 for c in alone.candidates], rtol=1e-12, atol=1e-12)
 
 
 def test_trained_run_loads_and_fits(tmp_path):
@@ -102,3 +119,30 @@ def test_trained_run_loads_and_fits(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(checkpoint.CheckpointError, match="not a training run"):
     inference.load_model(str(tmp_path / "empty"))
+
+
+def test_fit_many_reports_progress_only_when_asked(capsys):
+  rng = np.random.default_rng(2)
+  datasets = [(rng.normal(size=(30, 1)), rng.normal(size=30)) for _ in range(3)]
+  _fast(max_bags=1).fit_many(datasets)
+  assert capsys.readouterr().err == ""
+  _fast(max_bags=1).fit_many(datasets, verbose=True)
+  assert "3/3 datasets" in capsys.readouterr().err
+
+
+def test_search_is_on_by_default_and_its_pareto_front_is_the_table():
+  rng = np.random.default_rng(3)
+  X = rng.uniform(1, 2, size=(80, 2))
+  y = X[:, 0] * X[:, 1] + np.exp(X[:, 0])
+  assert SymbolicTransformerRegressor().search_time == 2.0
+  est = _fast(search_generations=8, selection="penalized").fit(X, y)
+  assert est.seconds_["search"] > 0
+  assert (est.candidates_["source"] == "search").any()
+  front = est.equations_
+  chosen = front.loc[front["selected"]]
+  assert len(chosen) == 1
+  # The penalized rule picks the front's best R2 - penalty * complexity.
+  penalized = front["r2"] - est.complexity_penalty * front["complexity"]
+  assert chosen.index.item() == penalized.idxmax()
+  again = _fast(search_generations=8, selection="penalized").fit(X, y)
+  assert again.model() == est.model()  # a generation count reproduces the result

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import debug
-from sr_jax import checkpoint, data, evaluation, pretrained, sharding, training
+from sr_jax import checkpoint, data, pretrained, sharding, training, validation
 
 
 def _config(**train):
@@ -136,11 +136,11 @@ def test_resume_is_bit_exact_and_restores_onto_another_mesh(tmp_path):
   for a, b in zip(_params(state_a), _params(state_b)):
     np.testing.assert_array_equal(a, b)
   # eval.py's path: the restored checkpoint gives the validation numbers training logged.
-  results = evaluation.run(_config(), str(tmp_path / "a"))
+  results = validation.run(_config(), str(tmp_path / "a"))
   assert results["step"] == 4
   assert results["valid_loss"] == pytest.approx(straight["valid_loss"], rel=1e-6)
   with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
-    evaluation.run(_config(), str(tmp_path / "nothing"))
+    validation.run(_config(), str(tmp_path / "nothing"))
   lines = [json.loads(l) for l in open(tmp_path / "a" / "metrics.jsonl")]
   assert {"loss", "token_accuracy", "learning_rate", "examples_per_sec", "tokens_per_sec",
           "mfu", "grad_norm"} <= set(lines[-1])
@@ -155,11 +155,28 @@ def test_corrupt_checkpoint_is_skipped_then_named(tmp_path):
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
   ckpt = checkpoint.Checkpointer(str(directory), 2, 3)
-  step, _, _ = ckpt.restore(checkpoint.abstract_like(state))
-  assert step == 2  # the newest readable one
   with pytest.raises(checkpoint.CheckpointError, match="step 4 .* unreadable"):
     ckpt.restore(checkpoint.abstract_like(state), step=4)
   ckpt.close()
+
+
+def test_training_goes_on_past_a_corrupt_newest_checkpoint(tmp_path):
+  """The run restores step 2, moves the corrupt step 4 aside (kept, not deleted), trains
+  past it and saves steps 4 and 6 normally; the result equals an uncorrupted run's."""
+  training.train_and_evaluate(_config(num_steps=4), str(tmp_path))
+  directory = tmp_path / "checkpoints"
+  for root, _, files in os.walk(directory / "4"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  resumed = training.train_and_evaluate(_config(num_steps=6), str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(directory), 2, 3)
+  assert ckpt.all_steps() == [2, 4, 6]
+  ckpt.close()
+  (aside,) = os.listdir(tmp_path / "checkpoints-corrupt")
+  assert aside.startswith("4-")
+  straight = training.train_and_evaluate(_config(num_steps=6), str(tmp_path / "straight"))
+  assert resumed["loss"] == straight["loss"]
 
 
 def test_budget_stops_in_time_then_the_same_command_resumes(tmp_path):

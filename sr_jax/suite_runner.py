@@ -30,7 +30,7 @@ CURVE_POINTS = 50  # test points kept per row for the predicted-vs-true plots
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
+class SuiteConfig:
   noise_levels: tuple[float, ...] = (0.0,)
   seeds: tuple[int, ...] = (0,)
   train_cap: int = 10_000
@@ -62,27 +62,32 @@ def read_results(outdir: str) -> list[dict]:
 
 
 def run(model: Transformer | None, problems: Sequence[suites.Problem], outdir: str,
-        config: BenchmarkConfig = BenchmarkConfig(), propose=None) -> list[dict]:
+        config: SuiteConfig = SuiteConfig(), propose=None) -> list[dict]:
   """Evaluates every task not yet in outdir/results.jsonl; returns all rows.
 
   `propose` is passed to inference.run (a test double for the model)."""
   os.makedirs(outdir, exist_ok=True)
   finished = read_results(outdir)
-  # Rewrite the file without a line a crash cut short, so appends start on a new line.
-  with open(os.path.join(outdir, RESULTS_FILE), "w") as out:
+  # Rewrite the file without a line a crash cut short, so appends start on a new line:
+  # into a new file, renamed over the old one, so a kill here loses nothing.
+  path = os.path.join(outdir, RESULTS_FILE)
+  with open(path + ".tmp", "w") as out:
     out.writelines(json.dumps(row) + "\n" for row in finished)
+  os.replace(path + ".tmp", path)
   done = {row["key"] for row in finished}
   tasks = [(p, noise, seed) for p in problems for noise in config.noise_levels
            for seed in config.seeds if task_key(p, noise, seed) not in done]
-  progress = monitor.Progress(len(tasks))
-  with open(os.path.join(outdir, RESULTS_FILE), "a") as out, \
+  progress = monitor.Progress(len(tasks), unit=" tasks")
+  with open(path, "a") as out, \
       _SymbolicChecker(config.symbolic_timeout) as checker:
     for begin in range(0, len(tasks), config.chunk_size):
       chunk = tasks[begin:begin + config.chunk_size]
-      for row in _evaluate_chunk(model, chunk, config, propose, checker):
+
+      def report(done, begin=begin, chunk=chunk):
+        progress.update(begin + done, f"{chunk[min(done, len(chunk)) - 1][0].suite}")
+      for row in _evaluate_chunk(model, chunk, config, propose, checker, report):
         out.write(json.dumps(row) + "\n")
       out.flush()
-      progress.update(begin + len(chunk), f"{chunk[-1][0].suite}")
   progress.close()
   return read_results(outdir)
 
@@ -118,13 +123,13 @@ class _SymbolicChecker:
       return metrics.SymbolicCheck(False, f"sympy took over {self.timeout:g} s: not checked")
 
 
-def _evaluate_chunk(model, chunk, config: BenchmarkConfig, propose,
-                    checker: _SymbolicChecker) -> list[dict]:
+def _evaluate_chunk(model, chunk, config: SuiteConfig, propose,
+                    checker: _SymbolicChecker, progress) -> list[dict]:
   splits = [metrics.srbench_split(p.x, p.y, seed, train_cap=config.train_cap, noise=noise)
             for p, noise, seed in chunk]
   begin = time.perf_counter()
   output = inference.run(model, [(s[0], s[1]) for s in splits], config.inference,
-                         propose=propose)
+                         propose=propose, progress=progress)
   seconds_per_task = (time.perf_counter() - begin) / len(chunk)
   # Each task's share of the chunk's stage times: summed over rows they give the run's.
   stage_share = {stage: s / len(chunk) for stage, s in output.seconds.items()}
@@ -172,8 +177,9 @@ def _row(problem: suites.Problem, noise: float, seed: int, split, result, config
 
 
 def _plain(value):
-  """JSON has no inf/NaN literals that every reader accepts: keep floats finite."""
+  """JSON has no inf/NaN literals that every reader accepts: a non-finite metric is
+  stored as null (and counted as a failure by report.summary)."""
   if isinstance(value, (bool, np.bool_)):
     return bool(value)
   value = float(value)
-  return value if np.isfinite(value) else (-1e308 if value < 0 else 1e308)
+  return value if np.isfinite(value) else None

@@ -10,8 +10,11 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
+import sympy
+from sklearn.metrics import r2_score
 
-from sr_jax import benchmarking, report, suites
+from sr_jax import report, suite_runner, suites
 
 # (formula in x0, x1, skeleton proposed on standardised inputs)
 _FORMULAS = [
@@ -55,9 +58,9 @@ def _without_timing(rows):
 
 def test_rows_summary_and_plots(tmp_path):
   problems = _problems()
-  config = benchmarking.BenchmarkConfig(noise_levels=(0.0, 0.01), seeds=(0,),
-                                        symbolic_suites=("toy",))
-  rows = benchmarking.run(None, problems, str(tmp_path), config,
+  config = suite_runner.SuiteConfig(noise_levels=(0.0, 0.01), seeds=(0,),
+                                    symbolic_suites=("toy",))
+  rows = suite_runner.run(None, problems, str(tmp_path), config,
                           propose=_proposer(problems, tasks_per_problem=2))
   assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
   clean = [r for r in rows if r["noise"] == 0]
@@ -74,47 +77,74 @@ def test_rows_summary_and_plots(tmp_path):
   assert list(table["datasets"]) == [3, 3]
   assert table.loc[table["noise"] == 0, "R2>0.999"].item() == 1.0
   text = open(paths["summary"]).read()
-  assert "| toy | 0.000 | 3 | 1.000 | 1.000 |" in text
+  assert "| toy | 0.000 | 3 | 0 | 1.000 | 1.000 |" in text
   assert "Pipeline seconds by stage over 6 tasks: prepare" in text and "refine" in text
   assert len(pd.read_csv(paths["csv"])) == 6
+  assert not os.path.exists(tmp_path / (suite_runner.RESULTS_FILE + ".tmp"))
 
 
 def test_resume_after_a_crash_gives_the_same_table(tmp_path):
   problems = _problems()
-  config = benchmarking.BenchmarkConfig(chunk_size=1, symbolic_suites=("toy",))
-  straight = benchmarking.run(None, problems, str(tmp_path / "a"), config,
+  config = suite_runner.SuiteConfig(chunk_size=1, symbolic_suites=("toy",))
+  straight = suite_runner.run(None, problems, str(tmp_path / "a"), config,
                               propose=_proposer(problems))
   # A crash after two tasks, in the middle of writing the third line.
   crashed = tmp_path / "b"
-  benchmarking.run(None, problems[:2], str(crashed), config, propose=_proposer(problems))
-  with open(crashed / benchmarking.RESULTS_FILE, "a") as f:
+  suite_runner.run(None, problems[:2], str(crashed), config, propose=_proposer(problems))
+  with open(crashed / suite_runner.RESULTS_FILE, "a") as f:
     f.write(json.dumps(straight[2])[:40])
   calls = []
 
   def counting(bags):
     calls.append(len(bags))
     return _proposer(problems)(bags)
-  resumed = benchmarking.run(None, problems, str(crashed), config, propose=counting)
+  resumed = suite_runner.run(None, problems, str(crashed), config, propose=counting)
   assert len(calls) == 1  # only the unfinished task ran again
   assert _without_timing(resumed) == _without_timing(straight)
 
 
 def test_in_domain_rows_have_extrapolation(tmp_path):
+  """Each extrapolation R2 is the returned formula's R2 on that sigma's points (sklearn
+  and sympy as the oracle), or null where it is not finite."""
   problem = suites.in_domain(size=1, seed=0)[0]
 
   def propose(bags):
     return [[["add", 1.0, "mul", 1.0, "x_0"]] for _ in bags]
-  rows = benchmarking.run(None, [problem], str(tmp_path),
-                          benchmarking.BenchmarkConfig(), propose=propose)
-  for sigma in (1, 2, 4, 8, 16):
-    assert np.isfinite(rows[0][f"extrapolation_r2_sigma{sigma}"])
+  rows = suite_runner.run(None, [problem], str(tmp_path),
+                          suite_runner.SuiteConfig(), propose=propose)
+  names = problem.feature_names
+  formula = sympy.lambdify(sympy.symbols(names), sympy.sympify(rows[0]["model"]), "numpy")
+  for sigma, (x, y) in problem.metadata["extrapolation"].items():
+    with np.errstate(all="ignore"):
+      expected = r2_score(y, np.broadcast_to(formula(*x.T), y.shape))
+    stored = rows[0][f"extrapolation_r2_sigma{sigma:g}"]
+    assert (stored is None) if not np.isfinite(expected) else (
+        stored == pytest.approx(expected, rel=1e-6, abs=1e-9))
   assert "symbolic_solution" not in rows[0]
 
 
+def test_non_finite_metrics_are_null_and_count_as_failures(tmp_path):
+  assert suite_runner._plain(float("nan")) is None
+  assert suite_runner._plain(-np.inf) is None and suite_runner._plain(2.0) == 2.0
+  ok = {"suite": "toy", "noise": 0.0, "test_r2": 0.995, "test_r2_zero": 0.995,
+        "test_acc_0.1": 1.0, "test_acc_0.01": 1.0, "test_acc_0.001": 0.0,
+        "model_size": 5, "seconds": 1.0}
+  failed = {**ok, "test_r2": None, "test_r2_zero": None, "test_acc_0.1": None,
+            "test_acc_0.01": None, "test_acc_0.001": None}
+  path = tmp_path / suite_runner.RESULTS_FILE
+  path.write_text(json.dumps(ok) + "\n" + json.dumps(failed) + "\n")
+  rows = suite_runner.read_results(str(tmp_path))
+  table = report.summary(rows)
+  assert table["failed"].item() == 1 and table["datasets"].item() == 2
+  assert table["R2>0.99"].item() == 0.5
+  assert table["mean R2 (clip 0)"].item() == pytest.approx(0.995 / 2)
+  assert table["Acc0.1"].item() == 0.5 and table["median R2"].item() == -np.inf
+
+
 def test_symbolic_check_that_runs_over_its_time_is_cut_not_waited_for():
-  with benchmarking._SymbolicChecker(timeout=0.05) as checker:
+  with suite_runner._SymbolicChecker(timeout=0.05) as checker:
     # The worker cannot even start in 50 ms, so this check runs over.
     check = checker.check("2*x0", "2*x0", ("x0",), 1.0, 100)
     assert not check.solved and "took over" in check.reason
-  with benchmarking._SymbolicChecker(timeout=60) as checker:
+  with suite_runner._SymbolicChecker(timeout=60) as checker:
     assert checker.check("2.0001*x0", "2*x0", ("x0",), 1.0, 100).solved

@@ -1,0 +1,187 @@
+"""One-command accelerator lease: check the device, measure training throughput, train.
+
+    bash benchmarks/device_train.sh                       # on the lent machine (see there)
+    python benchmarks/device_train.py --out /tmp/out --allow_cpu --throughput_steps 2 \
+        --sizes debug --size debug --train_minutes 0.2    # the CPU rehearsal the tests run
+
+Three stages, each writing what it measured to --out before the next starts, so a lease
+cut short still returns its numbers:
+1. devices: what JAX sees (platform, kind, count); refuses to go on without an
+   accelerator unless --allow_cpu.
+2. throughput: for each of --sizes, `--throughput_steps` timed train steps (after one
+   compiling step) on batches generated beforehand: examples/s and MFU (padded and
+   real FLOPs, flops.py), bf16 compute with float32 master weights.
+3. training: train.py's loop on --size for --train_minutes of wall-clock, the input
+   pipeline in --workers grain processes, warm-started from --init_from when its model
+   config matches (a fresh model otherwise), then the model file written to --out in
+   parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl.
+
+results.json in --out holds every number; the last lines printed are a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # sr_jax and configs/ from the checkout, no install needed
+
+PART_BYTES = 16 * 2 ** 20 - 4096  # the lease returns files of at most 16 MiB
+
+
+def _devices(args) -> dict:
+  import jax
+  devices = jax.devices()
+  info = {"platform": devices[0].platform, "kind": devices[0].device_kind,
+          "count": len(devices), "jax": jax.__version__}
+  print(f"devices: {info}", flush=True)
+  if info["platform"] == "cpu" and not args.allow_cpu:
+    raise SystemExit("JAX sees no accelerator (platform cpu); pass --allow_cpu to rehearse")
+  return info
+
+
+def _run_config(size: str, args, dtype: str):
+  from configs import cpu
+  config = cpu.get_config(f"size={size}")
+  config.model.dtype = dtype
+  config.data.points_per_batch = args.points_per_batch
+  return config
+
+
+def _throughput(size: str, args) -> dict:
+  """Device throughput of one size: pre-generated batches, no input pipeline."""
+  import jax
+  from flax import nnx
+  from sr_jax import data, flops, model, training
+  config = _run_config(size, args, args.dtype)
+  cfg = training.RunConfig.from_config_dict(config)
+  mesh = training.sharding.make_mesh(cfg.mesh)
+  graphdef, state, shardings = training.create_state(cfg, mesh)
+  train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
+  # One batch shape for all timed steps: N <= 200 points, targets of 128 words (no
+  # length groups; the real-FLOP MFU discounts the padding).
+  host = data.HostBatch(dataclasses.replace(cfg.data, point_buckets=(200,), length_groups=1))
+  batches = [host(step) for step in range(args.throughput_steps + 1)]
+  length = batches[0]["targets_BxL"].shape[1]
+  with jax.set_mesh(mesh):
+    start = time.time()
+    state, metrics = train(state, training.to_global(batches[0], batch_shardings))
+    jax.block_until_ready(metrics)
+    compile_seconds = time.time() - start
+    start = time.time()
+    for batch in batches[1:]:
+      state, metrics = train(state, training.to_global(batch, batch_shardings))
+    jax.block_until_ready(metrics)
+    seconds = time.time() - start
+  examples = sum(float(b["example_mask_B"].sum()) for b in batches[1:])
+  padded = real = 0.0
+  for b in batches[1:]:
+    p, r = training._flops_of_batch(cfg, b)
+    padded, real = padded + p, real + r
+  peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
+  result = {"size": size, "parameters": model.count_params(nnx.merge(graphdef, state)[0]),
+            "batch": int(batches[1]["example_mask_B"].sum()), "points": 200,
+            "target_len": int(length), "compile_s": round(compile_seconds, 1),
+            "step_s": seconds / len(batches[1:]), "examples_per_s": examples / seconds,
+            "tflops_per_device": padded / seconds / jax.device_count() / 1e12,
+            "mfu": flops.mfu(padded, seconds, jax.device_count(), peak),
+            "mfu_real": flops.mfu(real, seconds, jax.device_count(), peak),
+            "dtype": cfg.model.dtype}
+  print(f"throughput {size}: {result}", flush=True)
+  return result
+
+
+def _train(args) -> dict:
+  """train.py's loop for --train_minutes; returns the model card's numbers."""
+  from sr_jax import pretrained, training
+  config = _run_config(args.size, args, args.dtype)
+  config.data.num_workers = args.workers
+  config.optim.learning_rate = args.learning_rate
+  config.optim.warmup_steps = args.warmup_steps
+  config.train.max_minutes = args.train_minutes
+  config.train.eval_every = args.eval_every
+  config.train.checkpoint_every = args.eval_every
+  config.train.keep_model_files = False
+  if args.init_from:
+    header, _ = pretrained.read(args.init_from)
+    if pretrained.model_config(header, args.init_from) == training.RunConfig.from_config_dict(
+        config).model:
+      config.train.init_from = args.init_from
+    else:
+      print(f"not warm-starting: {args.init_from} is another model config", flush=True)
+  workdir = os.path.join(args.workdir, args.size)
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.time()
+  metrics = training.train_and_evaluate(config, workdir)
+  seconds = time.time() - start
+  model_file = os.path.join(workdir, "model.srj")
+  header, arrays = pretrained.read(model_file)
+  header["card"]["command"] = "benchmarks/device_train.py " + " ".join(sys.argv[1:])
+  parts = pretrained.write_arrays(os.path.join(args.out, f"model_{args.size}.srj"),
+                                  pretrained.model_config(header), arrays, header["card"],
+                                  dtype="float16", part_bytes=PART_BYTES)
+  shutil.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(args.out, "metrics.jsonl"))
+  result = {"size": args.size, "seconds": round(seconds, 1),
+            "steps": header["card"]["steps"], "examples": header["card"]["examples"],
+            "validation": header["card"]["validation"],
+            "examples_per_s": metrics.get("examples_per_sec"), "mfu": metrics.get("mfu"),
+            "mfu_real": metrics.get("mfu_real"),
+            "files": [os.path.basename(p) for p in parts]}
+  print(f"training: {result}", flush=True)
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default=os.environ.get("OUT", "device_out"))
+  parser.add_argument("--workdir", default="/tmp/sr_jax_device")
+  parser.add_argument("--allow_cpu", action="store_true")
+  parser.add_argument("--sizes", default="s7m,s20m,s90m", help="throughput sizes")
+  parser.add_argument("--throughput_steps", type=int, default=10)
+  parser.add_argument("--points_per_batch", type=int, default=40_000)
+  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--size", default="s7m", help="the size to train")
+  parser.add_argument("--train_minutes", type=float, default=6.5)
+  parser.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 0))
+  parser.add_argument("--learning_rate", type=float, default=1e-3)
+  parser.add_argument("--warmup_steps", type=int, default=200)
+  parser.add_argument("--eval_every", type=int, default=500)
+  parser.add_argument("--init_from", default=str(ROOT / "sr_jax" / "assets" / "default_model.srj"))
+  args = parser.parse_args()
+  if args.init_from and not os.path.exists(args.init_from):
+    args.init_from = ""
+  os.makedirs(args.out, exist_ok=True)
+  results = {"argv": sys.argv[1:], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+  def save():
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+      json.dump(results, f, indent=1, default=str)
+
+  results["devices"] = _devices(args)
+  save()
+  results["throughput"] = []
+  for size in args.sizes.split(","):
+    results["throughput"].append(_throughput(size, args))
+    save()
+  results["training"] = _train(args)
+  save()
+  print(f"\n{'size':>6} {'params':>8} {'batch':>5} {'step ms':>8} {'ex/s':>9} {'MFU':>6} "
+        f"{'MFU real':>8}")
+  for r in results["throughput"]:
+    print(f"{r['size']:>6} {r['parameters'] / 1e6:7.1f}M {r['batch']:5d} "
+          f"{1e3 * r['step_s']:8.1f} {r['examples_per_s']:9.0f} {r['mfu']:6.1%} "
+          f"{r['mfu_real']:8.1%}")
+  t = results["training"]
+  print(f"trained {t['size']} for {t['seconds']} s: {t['steps']} steps, {t['examples']:.0f} "
+        f"examples, validation {t['validation']}; files {t['files']}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,248 @@
+"""Evolutionary search seeded by the transformer's candidates, batched over datasets.
+
+The model proposes formulas and refinement fits their constants; when a proposal is
+close but wrong, nothing else improves it. This stage evolves a population per dataset,
+started from the proposals (plus a share of random formulas), for a time budget:
+
+- offspring by mutation (subtree replacement, point / operator / variable changes,
+  insertion and removal of unary nodes, hoist, constant perturbation) and crossover
+  between formulas of the same dataset (variation.py); all valid, all within
+  `max_length` tokens, all reading only the dataset's features;
+- every offspring is wrapped as c0 + c1 * f and screened by its error after the best
+  linear scaling (closed form, as Operon does: one forward evaluation); the best
+  `refined` of each generation get `lm_iters` Levenberg-Marquardt iterations on a fixed
+  random subset of the dataset's points, and keep the refined constants (Lamarckian);
+- the next population: the elite, then tournaments on normalised MSE (1 - R2) plus a
+  price per node of the formula the user gets (parsimony pressure);
+- a Pareto front of complexity vs error is kept throughout and returned, with the best.
+
+All datasets of a call move together: one generation makes every dataset's offspring
+(host Python, ~50k per second per core), screens all of them in one batched
+selection.score call and refines the chosen ones in one refine.refine call, on any
+device JAX sees. The budget is seconds per dataset (the
+stage stops before a generation that would overrun it), or an exact number of
+generations, which makes results reproducible bit for bit: with a time budget, how many
+generations run depends on the machine, and results with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from sr_jax import expressions, operators, refine, selection, variation
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  generations: int = 0  # exact number of generations (0: run for the time budget)
+  population: int = 64  # per dataset
+  offspring: int = 128  # screened per dataset and generation
+  refined: int = 24  # of which the best are LM-refined and compete for the population
+  random_share: float = 0.25  # of the first population, when enough seeds exist
+  tournament: int = 4
+  elite: int = 4
+  parsimony: float = 2e-4  # added to 1 - R2 per node of the returned formula
+  lm_iters: int = 4  # LM iterations per refined offspring
+  max_points: int = 128  # points each dataset's offspring are scored and fitted on
+  archive: int = 24  # Pareto-front formulas kept per dataset
+  variation: variation.VariationConfig = variation.VariationConfig()
+  seed: int = 0
+
+  def __post_init__(self):
+    if min(self.population, self.offspring, self.refined, self.tournament, self.archive,
+           self.max_points, self.lm_iters) < 1 or self.generations < 0:
+      raise ValueError(f"search sizes must be positive: {self}")
+    if self.refined > self.offspring:
+      raise ValueError(f"refined ({self.refined}) > offspring ({self.offspring})")
+    if not 0 <= self.random_share <= 1 or self.elite > self.population:
+      raise ValueError(f"bad random_share or elite: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Individual:
+  prefix: tuple  # on the standardised features, affine at the top
+  nmse: float  # MSE / var(y) on the search points: 1 - R2
+  complexity: int  # nodes of the formula the user gets (inference.returned_complexity)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  front: tuple[Individual, ...]  # Pareto front, simplest first
+  best: Individual  # lowest nmse + parsimony * complexity
+  generations: int
+  evaluated: int  # offspring refined and scored
+
+
+def affine(prefix: Sequence) -> list:
+  """prefix written c0 + c1 * f unless it already has that top (linear scaling: LM fits
+  c0 and c1 exactly in its first step)."""
+  prefix = list(prefix)
+  if (len(prefix) > 4 and prefix[0] == "add" and not isinstance(prefix[1], str)
+      and prefix[2] == "mul" and not isinstance(prefix[3], str)):
+    return prefix
+  return ["add", 0.0, "mul", 1.0] + prefix
+
+
+def returned_complexity(prefix: Sequence) -> int:
+  """Nodes of the formula the user gets once its standardised features are unscaled:
+  inference.unscale writes each variable as 5 nodes."""
+  return len(prefix) + 4 * sum(1 for t in prefix if t.__class__ is str and t in _VARIABLES)
+
+
+_VARIABLES = frozenset(operators.VARIABLES)
+
+
+class _Dataset:
+  """One dataset's search state: its points, population, front and random stream."""
+
+  def __init__(self, x, y, seeds, stream: int, config: SearchConfig):
+    self.x, self.y = x, y
+    self.variance = float(np.var(y)) or 1.0
+    self.rng = random.Random(stream ^ config.seed)
+    self.variation = variation.Variation(config.variation, x.shape[1], self.rng)
+    limit = config.variation.max_length
+    usable = [affine(s) for s in seeds if len(affine(s)) <= limit
+              and not _reads_missing(s, x.shape[1])]
+    own = max(1, config.population - round(config.random_share * config.population))
+    unique = list({_key(s): s for s in usable}.values())[:own]
+    self.start = unique + [self.variation.random_formula()
+                           for _ in range(config.population - len(unique))]
+    self.population: list[Individual] = []
+    self.front: list[Individual] = []
+
+
+def _reads_missing(prefix, dim: int) -> bool:
+  used = expressions.variables_used(list(prefix))
+  return bool(used) and max(used) >= dim
+
+
+def _key(prefix) -> tuple:
+  """Formulas with equal tokens are one."""
+  return tuple(prefix)
+
+
+def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.ndarray],
+        streams: Sequence[int], config: SearchConfig, seconds: float | None,
+        deadline: float | None = None) -> list[SearchResult]:
+  """Searches for every dataset i from seeds[i] (its proposals, best first) on (xs[i],
+  ys[i]) (standardised X; at most max_points rows are used), for `seconds` of wall
+  clock in all (stopping before a generation that would overrun it, or at `deadline`,
+  a time.perf_counter value) or config.generations generations."""
+  begin = time.perf_counter()
+  end = None if config.generations else begin + (seconds or 0.0)
+  if deadline is not None:
+    end = deadline if end is None else min(end, deadline)
+  datasets = [_Dataset(np.asarray(x)[:config.max_points], np.asarray(y)[:config.max_points],
+                       s, stream, config)
+              for s, x, y, stream in zip(seeds, xs, ys, streams)]
+  evaluated = _evaluate(datasets, [d.start for d in datasets], config)
+  for d, individuals in zip(datasets, evaluated):
+    d.population = _select(individuals, config, d.rng)
+    d.front = _pareto(individuals, config.archive)
+  count = sum(len(e) for e in evaluated)
+  generations = 0
+  last = time.perf_counter() - begin
+  while True:
+    if config.generations:
+      if generations == config.generations:
+        break
+    elif time.perf_counter() + last > end:
+      break
+    started = time.perf_counter()
+    children = [[d.variation.offspring(list(_tournament(d.population, config, d.rng).prefix),
+                                       list(_tournament(d.population, config, d.rng).prefix))
+                 for _ in range(config.offspring)] for d in datasets]
+    evaluated = _evaluate(datasets, _screen(datasets, children, config), config)
+    for d, individuals in zip(datasets, evaluated):
+      d.population = _select(d.population + individuals, config, d.rng)
+      d.front = _pareto(d.front + individuals, config.archive)
+    count += sum(len(e) for e in evaluated)
+    generations += 1
+    last = time.perf_counter() - started
+  return [SearchResult(tuple(d.front), min(d.population, key=lambda i: _fitness(i, config)),
+                       generations, count) for d in datasets]
+
+
+def _screen(datasets: list[_Dataset], children: list[list], config: SearchConfig
+            ) -> list[list]:
+  """Per dataset, its `refined` best offspring (affine at the top) by error after the
+  best linear scaling plus the parsimony price, scored in one batched call."""
+  flat = [(k, affine(c)) for k, cs in enumerate(children) for c in cs]
+  with jax.enable_x64(False):
+    scores = selection.score([c for _, c in flat], [k for k, _ in flat],
+                             [d.x for d in datasets], [d.y for d in datasets], scaled=True,
+                             check=False)
+  ranked = [[] for _ in datasets]
+  for (k, prefix), r2 in zip(flat, scores.r2):
+    if np.isfinite(r2):
+      ranked[k].append((1 - r2 + config.parsimony * returned_complexity(prefix), prefix))
+  return [[p for _, p in sorted(r, key=lambda e: e[0])[:config.refined]] for r in ranked]
+
+
+def _evaluate(datasets: list[_Dataset], prefixes: list[list], config: SearchConfig
+              ) -> list[list[Individual]]:
+  """LM-refines every dataset's formulas (linear scaling at the top) in one call;
+  returns the finite ones with their refined constants, in their datasets' units of
+  error (MSE / var y)."""
+  flat = [(k, affine(p)) for k, ps in enumerate(prefixes) for p in ps]
+  if not flat:
+    return [[] for _ in datasets]
+  with jax.enable_x64(False):
+    result = refine.refine([p for _, p in flat], [datasets[k].x for k, _ in flat],
+                           [datasets[k].y for k, _ in flat],
+                           refine.RefineConfig(max_iters=config.lm_iters,
+                                               max_points=config.max_points, polish_iters=0,
+                                               seed=config.seed))
+  out = [[] for _ in datasets]
+  for (k, _), prefix, loss, constants in zip(flat, result.prefixes, result.loss,
+                                             result.constants):
+    if np.isfinite(loss) and np.all(np.isfinite(constants)):
+      out[k].append(Individual(tuple(prefix), float(loss) / datasets[k].variance,
+                               returned_complexity(prefix)))
+  return out
+
+
+def _fitness(individual: Individual, config: SearchConfig) -> float:
+  return individual.nmse + config.parsimony * individual.complexity
+
+
+def _tournament(population: list[Individual], config: SearchConfig,
+                rng: random.Random) -> Individual:
+  contenders = rng.sample(population, min(config.tournament, len(population)))
+  return min(contenders, key=lambda i: _fitness(i, config))
+
+
+def _select(pool: list[Individual], config: SearchConfig, rng: random.Random
+            ) -> list[Individual]:
+  """The next population: distinct formulas, the elite by fitness, then tournament
+  winners (without replacement) from the rest."""
+  unique = sorted({_key(i.prefix): i for i in pool}.values(),
+                  key=lambda i: _fitness(i, config))
+  if len(unique) <= config.population:
+    return unique
+  chosen, rest = unique[:config.elite], unique[config.elite:]
+  while len(chosen) < config.population:
+    contenders = rng.sample(range(len(rest)), min(config.tournament, len(rest)))
+    winner = min(contenders)  # rest is sorted by fitness: the lowest index wins
+    chosen.append(rest.pop(winner))
+  return chosen
+
+
+def _pareto(pool: list[Individual], size: int) -> list[Individual]:
+  """The formulas no other beats in both complexity and error, simplest first; at most
+  `size`, spread over the complexities when there are more."""
+  front = []
+  for individual in sorted(pool, key=lambda i: (i.complexity, i.nmse)):
+    if not front or individual.nmse < front[-1].nmse * (1 - 1e-9) - 1e-15:
+      front.append(individual)
+  if len(front) > size:
+    keep = sorted({round(k * (len(front) - 1) / (size - 1)) for k in range(size)})
+    front = [front[k] for k in keep]
+  return front
+

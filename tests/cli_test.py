@@ -1,0 +1,101 @@
+"""Command lines: `sr-jax fit` on a CSV file (text and JSON), its named errors, the
+console scripts, and the default persistent compilation cache."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from flax import nnx
+
+from sr_jax import pretrained
+from sr_jax.cli import fit
+from sr_jax.model import Transformer, model_config
+
+
+FAST = ["--num_candidates", "2", "--max_bags", "1", "--search_time", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("model") / "tiny.srj")
+  pretrained.write(path, Transformer(model_config("debug"), rngs=nnx.Rngs(0)))
+  return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  frame = pd.DataFrame({"a": rng.uniform(1, 2, 50), "b": rng.uniform(1, 2, 50)})
+  frame["y"] = 3 * frame["a"] + 1
+  path = tmp_path_factory.mktemp("data") / "data.csv"
+  frame.to_csv(path, index=False)
+  return str(path)
+
+
+def test_fit_prints_formula_r2_and_candidates(model_file, data_file, capsys):
+  assert fit.main(["fit", data_file, "--pretrained", model_file] + FAST) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("y = ") and "R2 on the data:" in out and "Pareto front" in out
+
+
+def test_fit_json_is_machine_readable(model_file, data_file, capsys):
+  fit.main(["fit", data_file, "--pretrained", model_file, "--target", "b", "--json"] + FAST)
+  result = json.loads(capsys.readouterr().out)
+  assert result["target"] == "b" and result["candidates"]
+  assert result["r2"] == pytest.approx(result["candidates"][0]["r2"], abs=1e-9)
+  assert set(result) >= {"formula", "latex", "notes", "pareto_front"}
+  assert sum(f["selected"] for f in result["pareto_front"]) == 1
+  assert "b" not in result["formula"]  # the target is not an input
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", "nope"], "no column 'nope'"),
+])
+def test_fit_errors_are_named(model_file, data_file, args, message):
+  with pytest.raises(SystemExit, match=message):
+    fit.main(["fit", data_file, "--pretrained", model_file] + args)
+
+
+def test_unreadable_and_non_numeric_files_are_named(model_file, tmp_path):
+  text = tmp_path / "words.csv"
+  text.write_text("a,y\nred,1\nblue,2\n")
+  with pytest.raises(SystemExit, match="non-numeric column"):
+    fit.main(["fit", str(text), "--pretrained", model_file])
+  one = tmp_path / "one.csv"
+  one.write_text("y\n1\n2\n")
+  with pytest.raises(SystemExit, match="1 column"):
+    fit.main(["fit", str(one), "--pretrained", model_file])
+  with pytest.raises(SystemExit, match="cannot read"):
+    fit.main(["fit", str(tmp_path / "absent.csv"), "--pretrained", model_file])
+
+
+def test_console_scripts_are_installed():
+  for name in ("sr-jax", "sr-jax-train", "sr-jax-eval"):
+    assert shutil.which(name), f"{name} is not on PATH: pip install -e . installs it"
+  done = subprocess.run(["sr-jax"], capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and "usage: sr-jax {fit,train,eval}" in done.stderr
+  done = subprocess.run(["sr-jax-train", "--helpfull"], capture_output=True, text=True,
+                        timeout=120)
+  assert "--workdir" in done.stdout and "--config" in done.stdout  # absl's help exits 1
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ({"SR_JAX_CACHE_DIR": "{tmp}/cache"}, "{tmp}/cache"),
+    ({"SR_JAX_CACHE_DIR": "off"}, "None"),
+    ({"JAX_COMPILATION_CACHE_DIR": "{tmp}/theirs", "SR_JAX_CACHE_DIR": "{tmp}/cache"},
+     "{tmp}/theirs"),
+    ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/sr_jax/jax"),
+])
+def test_persistent_compilation_cache_is_on_by_default(tmp_path, setting, expected):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("SR_JAX_CACHE_DIR", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+  env.update({k: v.format(tmp=tmp_path) for k, v in setting.items()})
+  done = subprocess.run([sys.executable, "-c", "import sr_jax, jax; "
+                         "print(jax.config.jax_compilation_cache_dir)"],
+                        capture_output=True, text=True, env=env, timeout=120)
+  assert done.stdout.strip() == expected.format(tmp=tmp_path), done.stderr

@@ -1,0 +1,39 @@
+"""The device lease script (benchmarks/device_train.py) rehearsed on the CPU with a tiny
+budget: every stage runs and leaves its numbers and a loadable model file in --out."""
+
+import json
+import os
+import subprocess
+import sys
+
+from sr_jax import pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_device_script_rehearses_on_cpu(tmp_path):
+  out = tmp_path / "out"
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "device_train.py"),
+             "--out", str(out), "--workdir", str(tmp_path / "work"), "--allow_cpu",
+             "--sizes", "debug", "--throughput_steps", "2", "--size", "debug",
+             "--train_minutes", "0.05", "--points_per_batch", "1600", "--workers", "0",
+             "--eval_every", "1000", "--dtype", "float32", "--init_from", ""]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((out / "results.json").read_text())
+  assert results["devices"]["platform"] == "cpu"
+  (throughput,) = results["throughput"]
+  assert throughput["examples_per_s"] > 0 and 0 < throughput["mfu_real"] <= throughput["mfu"]
+  training = results["training"]
+  assert training["steps"] >= 1 and training["files"] == ["model_debug.srj"]
+  model = pretrained.load(str(out / "model_debug.srj"))
+  assert model.config.d_model == 64
+  assert "trained debug" in done.stdout
+
+
+def test_device_script_refuses_the_cpu_without_allow_cpu(tmp_path):
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_train.py"),
+                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode != 0 and "no accelerator" in done.stderr
