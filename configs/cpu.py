@@ -1,6 +1,6 @@
 """CPU-scale pretraining: the recipe of the shipped default model (sr_jax/assets).
 
-    python train.py --config configs/cpu.py:size=s7m --workdir runs/cpu_s7m \
+    python train.py --config configs/cpu.py --workdir runs/default_s3m \
         --config.train.max_minutes=120
 
 At a few CPU-hours the paper's 2e-4 learning rate with 10k warmup steps never leaves
@@ -16,7 +16,7 @@ from configs import default
 
 def get_config(options: str = ""):
   config = default.get_config(options if "size=" in options else
-                              "size=s7m" + ("," + options if options else ""))
+                              "size=s3m" + ("," + options if options else ""))
   config.data.points_per_batch = 4_000  # 80 examples at <=50 points ... 16 at <=200
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 500

@@ -4,13 +4,17 @@ For every dataset: keep at most 10 features (the most correlated with y, as E2E'
 wrapper does), standardise X (not y), split the rows into bags of <= 200 points,
 decode candidates for every bag (greedy plus C samples or a beam), parse them (invalid
 ones dropped and counted), score them on the training points, keep the best of each
-skeleton, refine the constants of the top K, rank the pool (refined and unrefined) by
-R2 or a complexity-penalised score, and undo the scaling symbolically.
+skeleton, refine the constants of the top K, optionally evolve the pool for
+`search_time` seconds per dataset (search.py: its Pareto front and best formula join
+the pool, refined like the rest), rank the pool by R2 or a complexity-penalised score,
+and undo the scaling symbolically.
 
 Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
-that runs ahead; scoring and refinement in a few jitted calls (selection.py,
-refine.py) per group of datasets (`_GROUP`), overlapping the decoding of the next.
-Timings per stage come back with the results.
+that runs ahead; scoring, refinement and search in a few jitted calls (selection.py,
+refine.py, search.py) per group of datasets (`_GROUP`), overlapping the decoding of the
+next. Timings per stage come back with the results. A dataset's random stream (bags,
+samples, subsets, search) comes from the seed and the data itself
+(`dataset_stream`), so its result does not depend on the datasets beside it.
 
 Deviations from E2E, on purpose:
 - Bags are drawn from a seeded shuffle of the rows; E2E cuts consecutive rows, which

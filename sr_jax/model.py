@@ -109,6 +109,15 @@ def count_params(model: nnx.Module) -> int:
   return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def count_non_embedding_params(model: nnx.Module) -> int:
+  """Parameters outside the lookup tables (point and token embeddings, positions):
+  the count scaling laws use (Kaplan et al. 2020)."""
+  tables = {"point_embed", "token_embed", "position_embed"}
+  return sum(math.prod(v.get_value().shape)
+             for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+             if path[0] not in tables)
+
+
 class _Params:
   """Creates a module's parameters, annotated with logical axis names and sharded at creation
   when a mesh is set. Keys are folded from one key: under a trace every `rngs.params()` draw

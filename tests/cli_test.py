@@ -99,3 +99,24 @@ def test_persistent_compilation_cache_is_on_by_default(tmp_path, setting, expect
                          "print(jax.config.jax_compilation_cache_dir)"],
                         capture_output=True, text=True, env=env, timeout=120)
   assert done.stdout.strip() == expected.format(tmp=tmp_path), done.stderr
+
+
+def test_training_console_is_quiet_and_the_log_file_complete(tmp_path):
+  """train.py prints a progress line and its final metrics; the orbax/absl INFO lines
+  (hundreds per run) go to workdir/train.log only."""
+  workdir = tmp_path / "run"
+  command = [sys.executable, os.path.join(ROOT, "train.py"), "--config",
+             os.path.join(ROOT, "configs", "debug.py"), "--workdir", str(workdir),
+             "--config.train.num_steps=2", "--config.train.eval_every=2",
+             "--config.train.checkpoint_every=2", "--config.data.point_buckets=(200,)",
+             "--config.data.length_groups=1"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  console = (done.stdout + done.stderr).splitlines()
+  assert len(console) <= 6, console
+  assert any("final metrics" in line for line in console)
+  log = (workdir / "train.log").read_text().splitlines()
+  assert len(log) > 20 and any("checkpoint" in line.lower() for line in log)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

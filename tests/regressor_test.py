@@ -8,6 +8,7 @@ import pytest
 import sympy
 from flax import nnx
 from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from configs import debug
@@ -108,8 +109,9 @@ def test_trained_run_loads_and_fits(tmp_path):
   assert loaded.config.max_target_len == 128
   est = SymbolicTransformerRegressor(str(tmp_path), num_candidates=2, max_len=16,
                                      max_bags=1, num_refine=1, refine_iters=5)
-  est.fit(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20))
-  assert np.isfinite(est.score(np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20)))
+  x, y = np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20) ** 2
+  est.fit(x, y)
+  assert est.score(x, y) == pytest.approx(r2_score(y, est.predict(x)), abs=1e-12)
   exported = inference.load_model(str(tmp_path / "model.srj"))  # the run's model file
   for a, b in zip(jax.tree.leaves(nnx.state(exported, nnx.Param)),
                   jax.tree.leaves(nnx.state(loaded, nnx.Param))):

@@ -148,3 +148,14 @@ def test_symbolic_check_that_runs_over_its_time_is_cut_not_waited_for():
     assert not check.solved and "took over" in check.reason
   with suite_runner._SymbolicChecker(timeout=60) as checker:
     assert checker.check("2.0001*x0", "2*x0", ("x0",), 1.0, 100).solved
+
+
+def test_progress_is_reported_within_a_chunk(tmp_path, monkeypatch, capsys):
+  """Long runs show progress as groups of datasets finish, not only per chunk."""
+  from sr_jax import inference
+  monkeypatch.setattr(inference, "_GROUP", 1)
+  problems = _problems()
+  suite_runner.run(None, problems, str(tmp_path), suite_runner.SuiteConfig(),
+                   propose=_proposer(problems))
+  lines = [l for l in capsys.readouterr().err.splitlines() if "tasks" in l]
+  assert [l.split("]")[1].split()[0] for l in lines] == ["1/3", "2/3", "3/3"]

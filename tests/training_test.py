@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import debug
-from sr_jax import checkpoint, data, pretrained, sharding, training, validation
+from sr_jax import checkpoint, data, flops, pretrained, sharding, training, validation
 
 
 def _config(**train):
@@ -210,7 +210,8 @@ def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
   loaded = pretrained.param_arrays(nnx.merge(graphdef, warm)[0])
   for name, value in arrays.items():
     np.testing.assert_array_equal(loaded[name], value)
-  assert history == {"data_offset": 4, "examples": 32.0, "seconds": header["card"]["seconds"]}
+  assert history["data_offset"] == 4 and history["examples"] == 32.0
+  assert history["seconds"] == header["card"]["compute"]["seconds"] > 0
   metrics = training.train_and_evaluate(config, str(tmp_path / "second"))
   fresh = training.train_and_evaluate(_config(num_steps=2), str(tmp_path / "fresh"))
   assert metrics["loss"] < fresh["loss"]
@@ -226,3 +227,22 @@ def test_accumulation_that_does_not_divide_the_batch_is_named():
   config = _config(grad_accum_steps=3)
   with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the batch rows"):
     training.RunConfig.from_config_dict(config)
+
+
+def test_compute_accounting_matches_a_hand_count(tmp_path):
+  """The card's totals after 3 steps: examples and real target tokens counted from the
+  regenerated batches, FLOPs as flops.py counts each batch's padded shape (flops_test
+  checks that formula against XLA's own count)."""
+  training.train_and_evaluate(_config(num_steps=3), str(tmp_path))
+  card = pretrained.card(str(tmp_path / "model.srj"))
+  cfg = training.RunConfig.from_config_dict(_config(num_steps=3))
+  batches = [data.HostBatch(cfg.data)(step) for step in range(3)]
+  assert card["compute"]["examples"] == sum(b["example_mask_B"].sum() for b in batches) == 24
+  lengths = [int(b["target_mask_BxL"].sum()) for b in batches]
+  assert card["compute"]["tokens"] == sum(lengths)
+  expected = sum(len(b["example_mask_B"]) * flops.train_flops_per_example(
+      cfg.model, b["points_BxNx33"].shape[1], b["targets_BxL"].shape[1] - 1) for b in batches)
+  assert card["compute"]["flops"] == pytest.approx(expected, rel=1e-12)
+  assert 0 < card["compute"]["real_flops"] < card["compute"]["flops"]
+  assert card["compute"]["device_seconds"] >= card["compute"]["seconds"] > 0
+  assert card["parameters"] > card["non_embedding_parameters"] > 0

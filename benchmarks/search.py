@@ -1,0 +1,235 @@
+"""Search vs no search vs random-seeded search vs Operon, at equal seconds per dataset.
+
+    pip install -e ".[bench]"          # pyoperon
+    taskset -c 0 python benchmarks/search.py --systems sr_jax,random,model_only --out runs/search
+    taskset -c 1 python benchmarks/search.py --systems operon --out runs/search   # beside it
+    python benchmarks/search.py --report --out runs/search   # table + plot from the rows
+
+Systems, each given the same SRBench split (75/25, training capped at 10,000 rows) and
+the same wall-clock seconds per dataset (--budgets):
+- sr_jax: the shipped model (or --pretrained), then search for the rest of the budget
+  (budget minus what decoding and refinement took per dataset in model_only, run
+  first), so that the whole pipeline spends about the budget per dataset;
+- random: the same pipeline and search, seeded with random formulas instead of the
+  model's candidates (what the transformer adds);
+- model_only: no search (search_time 0): the model and refinement alone, once;
+- operon: pyoperon's SymbolicRegressor, 1 thread, max_time = budget, SRBench-like
+  settings (population and pool 500, length <= 50, 10 LM iterations, linear scaling).
+Pin each process to its own core (taskset) to compare one core against one core.
+
+Metrics per (suite, system, budget): test R2 > 0.99 and > 0.999 rates, SRBench's
+symbolic-solution rate (sympy, 20 s per check), median SRBench model size, and
+datasets/s (all datasets of a suite run through sr_jax's pipeline in one batched call;
+Operon fits one at a time). Rows go to --out/results.jsonl as they finish; a rerun skips
+what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sr_jax import expressions, inference, metrics, suite_runner, suites  # noqa: E402
+from sr_jax import variation  # noqa: E402
+
+SYSTEMS = ("sr_jax", "random", "model_only", "operon")
+
+
+def _problems(names: list[str], in_domain_size: int, max_datasets: int):
+  out = {}
+  for name in names:
+    if name == "feynman":
+      problems = [p for p in suites.load("feynman") + suites.load("feynman_bonus")
+                  if not p.metadata["srbench_excluded"]]
+    elif name == "in_domain":
+      problems = suites.load("in_domain", size=in_domain_size)
+    else:
+      problems = suites.load(name)
+    out[name] = problems[:max_datasets] if max_datasets else problems
+  return out
+
+
+def _random_proposer(seed: int, count: int):
+  """Bags -> `count` random formulas each (variation.py's random_formula), in place of
+  the model's candidates."""
+  def propose(bags):
+    out = []
+    for i, x, _ in bags:
+      v = variation.Variation(variation.VariationConfig(), x.shape[1],
+                              random.Random(seed * 1_000_003 + i))
+      out.append([v.random_formula() for _ in range(count)])
+    return out
+  return propose
+
+
+def _sr_jax_rows(system, model, problems, budget, args, model_seconds=0.0):
+  """model_seconds: what the model stages (decoding, refinement) took per dataset on
+  this suite without search; the search gets the rest of the budget, so that the
+  whole pipeline spends about `budget` seconds per dataset."""
+  splits = [metrics.srbench_split(p.x, p.y, args.seed) for p in problems]
+  search_time = max(0.1 * budget, budget - model_seconds)
+  config = inference.InferenceConfig(search_time=0.0 if system == "model_only" else search_time,
+                                     seed=args.seed)
+  propose = _random_proposer(args.seed, config.num_candidates + 1) if system == "random" else None
+  begin = time.perf_counter()
+  output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
+                         propose=propose)
+  seconds = time.perf_counter() - begin
+  rows = []
+  for problem, (_, _, x_test, y_test), result in zip(problems, splits, output.results):
+    names = [problem.feature_names[f] for f in result.features]
+    with np.errstate(all="ignore"):
+      r2 = metrics.r2(y_test, result.predict(x_test))
+    rows.append((problem, expressions.model_string(list(result.best.prefix), names), r2,
+                 seconds / len(problems)))
+  return rows
+
+
+def _operon_rows(problems, budget, args):
+  from pyoperon.sklearn import SymbolicRegressor
+  rows = []
+  for problem in problems:
+    x_train, y_train, x_test, y_test = metrics.srbench_split(problem.x, problem.y, args.seed)
+    regressor = SymbolicRegressor(
+        allowed_symbols="add,sub,mul,div,constant,variable,sin,cos,exp,log,sqrt,square",
+        max_length=50, population_size=500, pool_size=500, optimizer_iterations=10,
+        n_threads=1, max_time=max(1, round(budget)), generations=10 ** 6,
+        max_evaluations=10 ** 9,
+        random_state=args.seed)
+    begin = time.perf_counter()
+    regressor.fit(x_train, y_train)
+    seconds = time.perf_counter() - begin
+    with np.errstate(all="ignore"):
+      r2 = metrics.r2(y_test, regressor.predict(x_test))
+    names = problem.feature_names
+    model = regressor.get_model_string(regressor.model_, 12, names=list(names))
+    rows.append((problem, model, r2, seconds))
+  return rows
+
+
+def run(args) -> None:
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, "results.jsonl")
+  done = set()
+  if os.path.exists(path):
+    with open(path) as f:
+      done = {(r["suite"], r["system"], r["budget"], r["name"]) for r in map(json.loads, f)}
+  model = None
+  if set(args.systems) & {"sr_jax", "model_only"}:
+    model = inference.load_model(args.pretrained)
+  problems = _problems(args.suites, args.in_domain_size, args.max_datasets)
+  model_seconds = {}  # suite -> model_only seconds per dataset
+  if os.path.exists(path):
+    with open(path) as f:
+      for r in map(json.loads, f):
+        if r["system"] == "model_only":
+          model_seconds.setdefault(r["suite"], []).append(r["seconds"])
+  model_seconds = {k: float(np.mean(v)) for k, v in model_seconds.items()}
+  with suite_runner._SymbolicChecker(20.0) as checker, open(path, "a") as out:
+    for suite, items in problems.items():
+      for budget in args.budgets:
+        for system in args.systems:
+          if system == "model_only" and budget != args.budgets[0]:
+            continue  # budget-independent: once
+          todo = [p for p in items if (suite, system, budget, p.name) not in done]
+          if not todo:
+            continue
+          rows = (_operon_rows(todo, budget, args) if system == "operon" else
+                  _sr_jax_rows(system, model, todo, budget, args,
+                               model_seconds.get(suite, 0.0)))
+          if system == "model_only":
+            model_seconds[suite] = float(np.mean([r[3] for r in rows]))
+          for problem, model_string, r2, seconds in rows:
+            record = {"suite": suite, "system": system, "budget": budget,
+                      "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
+                      "model": model_string, "seconds": seconds}
+            try:
+              record["model_size"] = metrics.model_size(model_string, problem.feature_names)
+            except Exception:  # an unparsable string counts as no size
+              record["model_size"] = None
+            if problem.formula is not None and suite != "in_domain":
+              record["symbolic"] = checker.check(model_string, problem.formula,
+                                                 problem.feature_names, r2, 100).solved
+            out.write(json.dumps(record) + "\n")
+          out.flush()
+          print(f"{suite} {system} budget {budget}: {len(rows)} datasets done", flush=True)
+
+
+def report(out_dir: str) -> str:
+  """The markdown table and a PNG of R2 > 0.99 vs seconds per dataset."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import pandas as pd
+  with open(os.path.join(out_dir, "results.jsonl")) as f:
+    frame = pd.DataFrame([json.loads(line) for line in f])
+  frame["r2"] = frame["test_r2"].astype(float).fillna(-np.inf)
+  if "symbolic" not in frame:
+    frame["symbolic"] = np.nan
+  table = frame.groupby(["suite", "system", "budget"]).agg(
+      datasets=("name", "size"), r2_99=("r2", lambda r: np.mean(r > 0.99)),
+      r2_999=("r2", lambda r: np.mean(r > 0.999)),
+      symbolic=("symbolic", lambda s: s.dropna().astype(float).mean() if s.notna().any()
+                else np.nan),
+      median_size=("model_size", "median"), seconds=("seconds", "mean")).reset_index()
+  table["datasets_per_s"] = 1 / table["seconds"]
+  lines = ["| suite | system | s/dataset budget | datasets | R2>0.99 | R2>0.999 | symbolic | "
+           "median size | datasets/s |", "|---|---|---|---|---|---|---|---|---|"]
+  for row in table.itertuples():
+    lines.append(f"| {row.suite} | {row.system} | {row.budget:g} | {row.datasets} | "
+                 f"{row.r2_99:.3f} | {row.r2_999:.3f} | {row.symbolic:.3f} | "
+                 f"{row.median_size:.0f} | {row.datasets_per_s:.2f} |")
+  suites_seen = sorted(table["suite"].unique())
+  figure, axes = plt.subplots(1, len(suites_seen), figsize=(5 * len(suites_seen), 4),
+                              squeeze=False)
+  for axis, suite in zip(axes[0], suites_seen):
+    part = table[table["suite"] == suite]
+    for system, rows in part.groupby("system"):
+      rows = rows.sort_values("budget")
+      if system == "model_only":
+        axis.axhline(rows["r2_99"].iloc[0], linestyle=":", color="gray", label="model only")
+      else:
+        axis.plot(rows["budget"], rows["r2_99"], marker="o", label=system)
+    axis.set(xscale="log", xlabel="seconds per dataset", ylabel="test R2 > 0.99",
+             title=suite, ylim=(0, 1))
+    axis.legend()
+  figure.tight_layout()
+  figure.savefig(os.path.join(out_dir, "accuracy_vs_time.png"), dpi=110)
+  text = "\n".join(lines)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(text + "\n")
+  return text
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="runs/search_bench")
+  parser.add_argument("--systems", default="sr_jax,random,model_only,operon")
+  parser.add_argument("--suites", default="feynman,strogatz,in_domain")
+  parser.add_argument("--budgets", default="1,2,5,10")
+  parser.add_argument("--in_domain_size", type=int, default=200)
+  parser.add_argument("--max_datasets", type=int, default=0, help="per suite; 0 = all")
+  parser.add_argument("--pretrained", default="default")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--report", action="store_true", help="only summarise --out")
+  args = parser.parse_args()
+  if not args.report:
+    args.systems = args.systems.split(",")
+    unknown = set(args.systems) - set(SYSTEMS)
+    if unknown:
+      raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    args.suites = args.suites.split(",")
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    run(args)
+  print(report(args.out))
+
+
+if __name__ == "__main__":
+  main()
