@@ -5,6 +5,11 @@ on a CPU, in every new process. With the cache, the second process reads them fr
 disk. Where: $SR_JAX_CACHE_DIR, else $XDG_CACHE_HOME/sr_jax/jax (~/.cache/sr_jax/jax).
 SR_JAX_CACHE_DIR=off turns it off; a cache directory the user already gave JAX
 (JAX_COMPILATION_CACHE_DIR, jax.config) is left as it is.
+
+compile_seconds() counts the time this process spent tracing, lowering and compiling
+(or reading compiled programs from the cache), so that a time budget such as the
+search's can leave out this one-time cost: otherwise the first fit in a process would
+search for a fraction of the time the second one does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,23 @@ import jax
 
 ENVIRONMENT_VARIABLE = "SR_JAX_CACHE_DIR"
 _OFF = ("off", "0", "none", "false")
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_seconds = [0.0]
+
+
+def _count_compile_time(event: str, duration_secs: float, **unused_metadata) -> None:
+  if event in _COMPILE_EVENTS:
+    _compile_seconds[0] += duration_secs
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent so far turning JAX functions into programs."""
+  return _compile_seconds[0]
 
 
 def default_directory() -> str | None:

@@ -19,8 +19,9 @@ started from the proposals (plus a share of random formulas), for a time budget:
 All datasets of a call move together: one generation makes every dataset's offspring
 (host Python, ~50k per second per core), screens all of them in one batched
 selection.score call and refines the chosen ones in one refine.refine call, on any
-device JAX sees. The budget is seconds per dataset (the
-stage stops before a generation that would overrun it), or an exact number of
+device JAX sees. The budget is seconds per dataset, not counting XLA compilation (a
+one-time cost per program shape, compile_cache.compile_seconds; the stage stops before
+a generation that would overrun it), or an exact number of
 generations, which makes results reproducible bit for bit: with a time budget, how many
 generations run depends on the machine, and results with it.
 """
@@ -35,7 +36,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sr_jax import expressions, operators, refine, selection, variation
+from sr_jax import compile_cache, expressions, operators, refine, selection, variation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +144,18 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
         deadline: float | None = None) -> list[SearchResult]:
   """Searches for every dataset i from seeds[i] (its proposals, best first) on (xs[i],
   ys[i]) (standardised X; at most max_points rows are used), for `seconds` of wall
-  clock in all (stopping before a generation that would overrun it, or at `deadline`,
-  a time.perf_counter value) or config.generations generations."""
-  begin = time.perf_counter()
-  end = None if config.generations else begin + (seconds or 0.0)
-  if deadline is not None:
-    end = deadline if end is None else min(end, deadline)
+  clock in all, compilation left out (stopping before a generation that would overrun
+  it, or at `deadline`, a time.perf_counter value that counts everything) or
+  config.generations generations."""
+  begin, compiled = time.perf_counter(), compile_cache.compile_seconds()
+
+  def out_of_time(next_generation: float) -> bool:
+    now = time.perf_counter() + next_generation
+    if deadline is not None and now > deadline:
+      return True
+    spent = now - begin - (compile_cache.compile_seconds() - compiled)
+    return not config.generations and spent > (seconds or 0.0)
+
   datasets = [_Dataset(np.asarray(x)[:config.max_points], np.asarray(y)[:config.max_points],
                        s, stream, config)
               for s, x, y, stream in zip(seeds, xs, ys, streams)]
@@ -158,14 +165,11 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     d.front = _pareto(individuals, config.archive)
   count = sum(len(e) for e in evaluated)
   generations = 0
-  last = time.perf_counter() - begin
+  last = time.perf_counter() - begin - (compile_cache.compile_seconds() - compiled)
   while True:
-    if config.generations:
-      if generations == config.generations:
-        break
-    elif time.perf_counter() + last > end:
+    if generations == config.generations > 0 or out_of_time(last):
       break
-    started = time.perf_counter()
+    started, compiling = time.perf_counter(), compile_cache.compile_seconds()
     children = [[d.variation.offspring(list(_tournament(d.population, config, d.rng).prefix),
                                        list(_tournament(d.population, config, d.rng).prefix))
                  for _ in range(config.offspring)] for d in datasets]
@@ -175,7 +179,7 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
       d.front = _pareto(d.front + individuals, config.archive)
     count += sum(len(e) for e in evaluated)
     generations += 1
-    last = time.perf_counter() - started
+    last = time.perf_counter() - started - (compile_cache.compile_seconds() - compiling)
   return [SearchResult(tuple(d.front), min(d.population, key=lambda i: _fitness(i, config)),
                        generations, count) for d in datasets]
 
