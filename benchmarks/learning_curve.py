@@ -71,6 +71,7 @@ def main():
   import pandas as pd
   workdirs = args.workdir.split(",")
   out = args.out or workdirs[0]
+  os.makedirs(out, exist_ok=True)
   cache_path = os.path.join(out, "learning_curve_cache.json")
   evaluated = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
   problems = suites.load("in_domain", size=args.problems)

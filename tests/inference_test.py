@@ -9,18 +9,7 @@ from flax import nnx
 
 from sr_jax import expressions, generator, inference, refine, selection
 from sr_jax.model import Transformer, model_config
-
-
-def _standardised(prefix, mean, scale):
-  """The formula on standardised inputs z: x_k = mean_k + scale_k * z_k."""
-  out = []
-  for token in prefix:
-    if isinstance(token, str) and token.startswith("x_"):
-      k = int(token[2:])
-      out += ["add", float(mean[k]), "mul", float(scale[k]), token]
-    else:
-      out.append(token)
-  return out
+from standardise import standardised
 
 
 def _perturb(prefix, rng):
@@ -37,7 +26,7 @@ def _oracle_proposer(truths, datasets, seed=0):
     out = []
     for i, z, _ in bags:
       x = datasets[i][0]
-      true_z = _standardised(truths[i], x.mean(0), x.std(0))
+      true_z = standardised(truths[i], x.mean(0), x.std(0))
       out.append([_perturb(true_z, rng), None, ["x_0"], ["mul", 2.0, "x_0"]])
     return out
   return propose

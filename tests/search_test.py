@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sr_jax import compile_cache, expressions, inference, search, variation
+from standardise import standardised
 
 
 def _check(prefix, dim, max_length):
@@ -52,17 +53,6 @@ def test_each_mutation_changes_what_it_says():
   assert ends[0] == len(parent) and ends[4] == len(parent) and ends[1] == 2
 
 
-def _standardised(prefix, mean, scale):
-  out = []
-  for token in prefix:
-    if isinstance(token, str) and token.startswith("x_"):
-      k = int(token[2:])
-      out += ["add", float(mean[k]), "mul", float(scale[k]), token]
-    else:
-      out.append(token)
-  return out
-
-
 @pytest.fixture(scope="module")
 def planted():
   """y = x0*x1 + exp(x2), and a seed one mutation (exp -> sin) away, on standardised
@@ -72,7 +62,7 @@ def planted():
   x = rng.uniform(-1, 1, (300, 3))
   y = x[:, 0] * x[:, 1] + np.exp(x[:, 2])
   mean, scale = x.mean(0), x.std(0)
-  seed = _standardised(PROPOSAL, mean, scale)
+  seed = standardised(PROPOSAL, mean, scale)
   return (x - mean) / scale, y, seed
 
 
@@ -148,7 +138,7 @@ def test_pipeline_search_adds_a_pareto_front(planted):
   y = x[:, 0] * x[:, 1] + np.exp(x[:, 2])
   config = inference.InferenceConfig(search=search.SearchConfig(generations=60, seed=0))
   output = inference.run(None, [(x, y)], config, propose=lambda bags: [
-      [_standardised(PROPOSAL, x.mean(0), x.std(0))] for _ in bags])
+      [standardised(PROPOSAL, x.mean(0), x.std(0))] for _ in bags])
   result = output.results[0]
   assert result.best.r2 > 0.999999 and result.best.source == "search"
   assert output.seconds["search"] > 0
