@@ -40,9 +40,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   'lm' or 'lbfgs', refine_iters iterations);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
   with the model's candidates (search.py; 0 turns it off; one-time XLA compilation
-  is not counted, so the first fit in a process searches as long as later ones). The default, 2 s, is where
-  the search pays most per second on Feynman (BENCHMARKS.md, benchmarks/search.py)
-  and the budget at which Operon, the strongest GP baseline, was measured here; a
+  is not counted, so the first fit in a process searches as long as later ones). The default, 2 s, is the budget at which
+  Operon, the strongest GP baseline, was measured here (BENCHMARKS.md); a
   single fit then takes a few seconds. search_generations > 0 runs exactly that many
   generations instead, which makes the result reproducible bit for bit (a time budget
   reaches a machine-dependent number of generations);
