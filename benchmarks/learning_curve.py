@@ -20,18 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sr_jax import inference, metrics, pretrained, suites  # noqa: E402
-
-
-def _in_domain_r2(model, problems, seed: int = 0) -> np.ndarray:
-  splits = [metrics.srbench_split(p.x, p.y, seed) for p in problems]
-  output = inference.run(model, [(s[0], s[1]) for s in splits],
-                         inference.InferenceConfig(search_time=0.0, seed=seed))
-  r2 = []
-  for (_, _, x_test, y_test), result in zip(splits, output.results):
-    with np.errstate(all="ignore"):
-      r2.append(metrics.r2(y_test, result.predict(x_test)))
-  return np.array(r2)
+from sr_jax import inference, pretrained, suite_runner, suites  # noqa: E402
 
 
 def curve(workdir: str, problems, evaluated: dict) -> list[dict]:
@@ -45,7 +34,8 @@ def curve(workdir: str, problems, evaluated: dict) -> list[dict]:
   for path in sorted(files, key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0])):
     if path not in evaluated:
       card = pretrained.card(path)
-      r2 = _in_domain_r2(pretrained.load(path), problems)
+      r2 = suite_runner.test_r2(pretrained.load(path), problems,
+                                inference.InferenceConfig(search_time=0.0))
       evaluated[path] = {"run": os.path.basename(workdir.rstrip("/")), "step": card["steps"],
                          "examples": card["examples"], "seconds": card["seconds"],
                          "valid_loss": valid.get(card["steps"], card["validation"].get(

@@ -7,14 +7,15 @@ SR_JAX_CACHE_DIR=off turns it off; a cache directory the user already gave JAX
 (JAX_COMPILATION_CACHE_DIR, jax.config) is left as it is.
 
 compile_seconds() counts the time this process spent tracing, lowering and compiling
-(or reading compiled programs from the cache), so that a time budget such as the
-search's can leave out this one-time cost: otherwise the first fit in a process would
-search for a fraction of the time the second one does.
+(or reading compiled programs from the cache); a Stopwatch leaves it out, so that a time
+budget such as the search's does not spend this one-time cost: otherwise the first fit
+in a process would search for a fraction of the time the second one does.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 
@@ -37,6 +38,16 @@ jax.monitoring.register_event_duration_secs_listener(_count_compile_time)
 def compile_seconds() -> float:
   """Seconds this process has spent so far turning JAX functions into programs."""
   return _compile_seconds[0]
+
+
+class Stopwatch:
+  """Wall-clock seconds since it was made, compilation left out."""
+
+  def __init__(self):
+    self._start, self._compiled = time.perf_counter(), compile_seconds()
+
+  def seconds(self) -> float:
+    return time.perf_counter() - self._start - (compile_seconds() - self._compiled)
 
 
 def default_directory() -> str | None:

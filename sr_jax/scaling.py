@@ -17,7 +17,7 @@ real (unpadded) target tokens seen, training FLOPs as computed and on real token
 crosscheck.json), wall, device and CPU seconds, device kind; the final validation loss;
 and test R2 > 0.99 on fixed in-domain and Feynman problems through the batched pipeline
 (model and refinement, no search). For the final models (largest budget), the
-inference-compute axis: accuracy vs sampled candidates per dataset and refined K.
+inference-compute axis: accuracy vs sampled candidates per dataset.
 
 The report (report.md, points.csv, PNGs): loss vs compute with a power-law fit
 L = a * C^-alpha (log-log least squares; bootstrap interval over runs), iso-FLOP curves
@@ -133,22 +133,17 @@ def crosscheck_flops(size: str, out: str) -> dict:
 def evaluate_run(record: dict, out: str, problems: dict, candidates=(10,)) -> dict:
   """Test R2 > 0.99 of the run's final model on each suite of `problems`, for each
   number of sampled candidates per bag (one bag per dataset beyond the first)."""
-  from sr_jax import inference, metrics, pretrained
+  from sr_jax import inference, pretrained, suite_runner
   workdir = os.path.join(out, "runs", record["run"])
   model = pretrained.load(os.path.join(workdir, "model.srj"))
   results = {}
   for suite, items in problems.items():
-    splits = [metrics.srbench_split(p.x, p.y, 0) for p in items]
     for count in candidates:
       config = inference.InferenceConfig(num_candidates=count, search_time=0.0,
                                          max_bags=10 if count <= 16 else 1,
                                          decode_batch=max(1, min(32, 4096 // count)))
-      output = inference.run(model, [(s[0], s[1]) for s in splits], config)
-      r2 = []
-      for (_, _, x_test, y_test), result in zip(splits, output.results):
-        with np.errstate(all="ignore"):
-          r2.append(metrics.r2(y_test, result.predict(x_test)))
-      results[f"{suite}_r2_above_0.99_c{count}"] = float(np.mean(np.array(r2) > 0.99))
+      r2 = suite_runner.test_r2(model, items, config)
+      results[f"{suite}_r2_above_0.99_c{count}"] = float(np.mean(r2 > 0.99))
   return results
 
 

@@ -118,13 +118,15 @@ class _Dataset:
     self.front: list[Individual] = []
 
 
-def _distinct(prefixes: list[list]) -> list[list]:
-  """The prefixes without repeats, first occurrences in order."""
+def _distinct(items: list, prefix_of=lambda item: item) -> list:
+  """The items without repeated formulas (_key of prefix_of(item)), first occurrences
+  in order."""
   seen, out = set(), []
-  for prefix in prefixes:
-    if _key(prefix) not in seen:
-      seen.add(_key(prefix))
-      out.append(prefix)
+  for item in items:
+    key = _key(prefix_of(item))
+    if key not in seen:
+      seen.add(key)
+      out.append(item)
   return out
 
 
@@ -147,14 +149,12 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
   clock in all, compilation left out (stopping before a generation that would overrun
   it, or at `deadline`, a time.perf_counter value that counts everything) or
   config.generations generations."""
-  begin, compiled = time.perf_counter(), compile_cache.compile_seconds()
+  clock = compile_cache.Stopwatch()
 
   def out_of_time(next_generation: float) -> bool:
-    now = time.perf_counter() + next_generation
-    if deadline is not None and now > deadline:
+    if deadline is not None and time.perf_counter() + next_generation > deadline:
       return True
-    spent = now - begin - (compile_cache.compile_seconds() - compiled)
-    return not config.generations and spent > (seconds or 0.0)
+    return not config.generations and clock.seconds() + next_generation > (seconds or 0.0)
 
   datasets = [_Dataset(np.asarray(x)[:config.max_points], np.asarray(y)[:config.max_points],
                        s, stream, config)
@@ -165,11 +165,11 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     d.front = _pareto(individuals, config.archive)
   count = sum(len(e) for e in evaluated)
   generations = 0
-  last = time.perf_counter() - begin - (compile_cache.compile_seconds() - compiled)
+  last = clock.seconds()
   while True:
     if generations == config.generations > 0 or out_of_time(last):
       break
-    started, compiling = time.perf_counter(), compile_cache.compile_seconds()
+    generation_clock = compile_cache.Stopwatch()
     children = [[d.variation.offspring(list(_tournament(d.population, config, d.rng).prefix),
                                        list(_tournament(d.population, config, d.rng).prefix))
                  for _ in range(config.offspring)] for d in datasets]
@@ -179,7 +179,7 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
       d.front = _pareto(d.front + individuals, config.archive)
     count += sum(len(e) for e in evaluated)
     generations += 1
-    last = time.perf_counter() - started - (compile_cache.compile_seconds() - compiling)
+    last = generation_clock.seconds()
   return [SearchResult(tuple(d.front), min(d.population, key=lambda i: _fitness(i, config)),
                        generations, count) for d in datasets]
 
@@ -237,12 +237,7 @@ def _select(pool: list[Individual], config: SearchConfig, rng: random.Random
             ) -> list[Individual]:
   """The next population: distinct formulas, the elite by fitness, then tournament
   winners (without replacement) from the rest."""
-  unique, seen = [], set()
-  for individual in sorted(pool, key=lambda i: _fitness(i, config)):
-    key = _key(individual.prefix)
-    if key not in seen:
-      seen.add(key)
-      unique.append(individual)
+  unique = _distinct(sorted(pool, key=lambda i: _fitness(i, config)), lambda i: i.prefix)
   if len(unique) <= config.population:
     return unique
   chosen, rest = unique[:config.elite], unique[config.elite:]

@@ -61,6 +61,18 @@ def read_results(outdir: str) -> list[dict]:
   return rows
 
 
+def test_r2(model: Transformer | None, problems: Sequence[suites.Problem],
+            config: inference.InferenceConfig, seed: int = 0, propose=None) -> np.ndarray:
+  """Test R2 of the pipeline's formula for each problem on its SRBench split (seed, no
+  noise), all problems in one batched call: the quick accuracy probe of learning curves
+  and scaling runs, without run()'s result files and reports. `propose` as in run()."""
+  splits = [metrics.srbench_split(p.x, p.y, seed) for p in problems]
+  output = inference.run(model, [(s[0], s[1]) for s in splits], config, propose=propose)
+  with np.errstate(all="ignore"):
+    return np.array([metrics.r2(y_test, result.predict(x_test))
+                     for (_, _, x_test, y_test), result in zip(splits, output.results)])
+
+
 def run(model: Transformer | None, problems: Sequence[suites.Problem], outdir: str,
         config: SuiteConfig = SuiteConfig(), propose=None) -> list[dict]:
   """Evaluates every task not yet in outdir/results.jsonl; returns all rows.
