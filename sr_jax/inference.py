@@ -483,7 +483,8 @@ def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
     p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
                    "formulas evaluated")
     kept = {tuple(c[0]) for c in pools[i]}
-    found += [(i, list(f.prefix), "search") for f in result.front + (result.best,)
+    best = (result.best,) if result.best else ()
+    found += [(i, list(f.prefix), "search") for f in result.front + best
               if tuple(f.prefix) not in kept]
   if found:
     _refine_into(pools, found, xs, ys, config)

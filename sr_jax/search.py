@@ -75,7 +75,7 @@ class Individual:
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
   front: tuple[Individual, ...]  # Pareto front, simplest first
-  best: Individual  # lowest nmse + parsimony * complexity
+  best: Individual | None  # lowest nmse + parsimony * complexity; None: nothing finite
   generations: int
   evaluated: int  # offspring refined and scored
 
@@ -170,9 +170,12 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     if generations == config.generations > 0 or out_of_time(last):
       break
     generation_clock = compile_cache.Stopwatch()
+    # A dataset none of whose formulas evaluates finitely (in float32: |y| beyond
+    # ~1e38, say) has no parents and sits the search out.
     children = [[d.variation.offspring(list(_tournament(d.population, config, d.rng).prefix),
                                        list(_tournament(d.population, config, d.rng).prefix))
-                 for _ in range(config.offspring)] for d in datasets]
+                 for _ in range(config.offspring)] if d.population else []
+                for d in datasets]
     evaluated = _evaluate(datasets, _screen(datasets, children, config), config)
     for d, individuals in zip(datasets, evaluated):
       d.population = _select(d.population + individuals, config, d.rng)
@@ -180,7 +183,8 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     count += sum(len(e) for e in evaluated)
     generations += 1
     last = generation_clock.seconds()
-  return [SearchResult(tuple(d.front), min(d.population, key=lambda i: _fitness(i, config)),
+  return [SearchResult(tuple(d.front),
+                       min(d.population, key=lambda i: _fitness(i, config), default=None),
                        generations, count) for d in datasets]
 
 

@@ -106,6 +106,16 @@ def test_a_time_budget_stops_the_search(planted):
   assert all(r.generations >= 1 for r in result)
 
 
+def test_a_dataset_with_nothing_finite_sits_the_search_out(planted):
+  """y beyond float32's range: no formula evaluates finitely, so that dataset has no
+  parents; it must not stop the search of the dataset beside it."""
+  z, y, seed = planted
+  results = search.run([[seed], [seed]], [z, z], [y, y * 1e60], [3, 4],
+                       search.SearchConfig(generations=2), None)
+  assert results[0].best is not None and results[0].generations == 2
+  assert results[1].best is None and results[1].front == ()
+
+
 def test_compilation_is_left_out_of_the_time_budget(planted, monkeypatch):
   """A generation that spends 0.4 s compiling still fits a 0.3 s budget: compilation is
   a one-time cost, and counting it would starve the first fit of every process."""
