@@ -119,22 +119,31 @@ class MetricWriter:
 class Progress:
   """One self-overwriting terminal line (a plain line per update when not a tty): a
   bar, steps done, elapsed time, the time left (from the rate since the start, or the
-  time budget when that ends sooner) and the caller's text."""
+  time budget, or the rate at which a work budget of examples or FLOPs is being spent,
+  whichever ends soonest) and the caller's text."""
 
   def __init__(self, total: int, stream=None, start: int = 0,
-               budget_seconds: float | None = None, unit: str = ""):
+               budget_seconds: float | None = None, unit: str = "",
+               work_done: float | None = None):
+    """work_done: the fraction of a work budget done before this process started (None:
+    no work budget)."""
     stream = sys.stderr if stream is None else stream
     self.total, self.stream, self.first, self.unit = total, stream, start, unit
     self.budget = budget_seconds
+    self.work_start = work_done
     self.interactive = stream.isatty() and jax.process_index() == 0
     self.start = time.time()
 
-  def update(self, step: int, text: str = "") -> None:
+  def update(self, step: int, text: str = "", work_done: float | None = None) -> None:
     if jax.process_index() != 0:
       return
     elapsed = time.time() - self.start
     fraction = min(step / max(self.total, 1), 1.0)
     left = (self.total - step) * elapsed / (step - self.first) if step > self.first else None
+    if self.work_start is not None and work_done is not None and work_done > self.work_start:
+      fraction = max(fraction, min(work_done, 1.0))
+      work_left = max(1.0 - work_done, 0.0) * elapsed / (work_done - self.work_start)
+      left = work_left if left is None else min(left, work_left)
     if self.budget:
       fraction = max(fraction, min(elapsed / self.budget, 1.0))
       left = max(self.budget - elapsed, 0.0) if left is None else min(left, max(

@@ -73,7 +73,11 @@ def parse_budgets(text: str) -> list[tuple[str, float]]:
 
 
 def run_config(run: Run, overrides: dict | None = None):
-  """configs/cpu.py's recipe at run.size, stopped by run's budget."""
+  """configs/cpu.py's recipe at run.size, stopped by run's budget, with a learning-rate
+  schedule fitted to that budget: warmup over 10% of the run's steps (at most the recipe's
+  500), then cosine decay to 10% of the peak at the budget. A budget-blind schedule would
+  leave small budgets in warmup and compare schedules instead of sizes (Hoffmann et al.
+  2022 match the cosine length to each run for that reason)."""
   from configs import cpu
   config = cpu.get_config(f"size={run.size}")
   config.train.seed = run.seed
@@ -82,7 +86,27 @@ def run_config(run: Run, overrides: dict | None = None):
   for key, value in (overrides or {}).items():
     section, field = key.split(".")
     config[section][field] = value
+  if not any(key.startswith("optim.") for key in overrides or {}):
+    steps = steps_for_budget(config, run.budget_kind, run.budget)
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = max(1, min(config.optim.warmup_steps, steps // 10))
+    config.optim.decay_steps = max(1, steps - config.optim.warmup_steps)
+    config.optim.final_lr_fraction = 0.1
   return config
+
+
+def steps_for_budget(config, budget_kind: str, budget: float, probe_batches: int = 16) -> int:
+  """Training steps a budget of examples or FLOPs buys, from the mean of the first
+  batches the run's own data pipeline draws (batches vary in rows and lengths)."""
+  from sr_jax import data, training
+  cfg = training.RunConfig.from_config_dict(config)
+  draw = data.HostBatch(cfg.data)
+  batches = [draw(step) for step in range(probe_batches)]
+  if budget_kind == "flops":
+    per_step = np.mean([training._flops_of_batch(cfg, batch)[0] for batch in batches])
+  else:
+    per_step = np.mean([np.sum(batch["example_mask_B"]) for batch in batches])
+  return max(1, int(round(budget / per_step)))
 
 
 def train_run(run: Run, out: str, overrides: dict | None = None) -> dict:
@@ -237,6 +261,14 @@ def report(out: str) -> str:
               "| FLOPs | optimal parameters | best measured size |", "|---|---|---|"]
     lines += [f"| {o['flops']:.3g} | {o['optimal_parameters']:,.0f} | {o['best_measured']} |"
               for o in optimal]
+  crosscheck = os.path.join(out, "crosscheck.json")
+  if os.path.exists(crosscheck):
+    with open(crosscheck) as f:
+      checks = json.load(f)
+    lines += ["", "## Analytic training FLOPs vs XLA's compiled cost analysis (one step)", "",
+              "| size | analytic | XLA | ratio |", "|---|---|---|---|"]
+    lines += [f"| {size} | {c['analytic']:.4g} | {c['xla']:.4g} | {c['ratio']:.3f} |"
+              for size, c in sorted(checks.items())]
   lines += ["", "## Published exponents and ratios", "", "| source | quantity | value |",
             "|---|---|---|"]
   lines += [f"| {who} | {what} | {value:g} |" for who, what, value in PUBLISHED]

@@ -16,6 +16,9 @@ started from the proposals (plus a share of random formulas), for a time budget:
   price per node of the formula the user gets (parsimony pressure);
 - a Pareto front of complexity vs error is kept throughout and returned, with the best.
 
+Each dataset's y is standardised for the search (float32 then holds any finite y) and
+the returned formulas are mapped back through their affine top.
+
 All datasets of a call move together: one generation makes every dataset's offspring
 (host Python, ~50k per second per core), screens all of them in one batched
 selection.score call and refines the chosen ones in one refine.refine call, on any
@@ -42,7 +45,7 @@ from sr_jax import compile_cache, expressions, operators, refine, selection, var
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
   generations: int = 0  # exact number of generations (0: run for the time budget)
-  population: int = 64  # per dataset
+  population: int = 64  # per dataset (256 measured no better: BENCHMARKS.md)
   offspring: int = 128  # screened per dataset and generation
   refined: int = 24  # of which the best are LM-refined and compete for the population
   random_share: float = 0.25  # of the first population, when enough seeds exist
@@ -103,8 +106,14 @@ class _Dataset:
   """One dataset's search state: its points, population, front and random stream."""
 
   def __init__(self, x, y, seeds, stream: int, config: SearchConfig):
-    self.x, self.y = x, y
-    self.variance = float(np.var(y)) or 1.0
+    # The search fits standardised y: float32 then holds any finite y (|y| up to 1e308),
+    # and every formula's affine top maps back exactly (unstandardise).
+    self.shift = float(np.mean(y))
+    self.scale = float(np.std(y))
+    if not np.isfinite(self.scale) or self.scale == 0:
+      self.scale = 1.0
+    self.x, self.y = x, (y - self.shift) / self.scale
+    self.variance = float(np.var(self.y)) or 1.0
     self.rng = random.Random(stream ^ config.seed)
     self.variation = variation.Variation(config.variation, x.shape[1], self.rng)
     limit = config.variation.max_length
@@ -116,6 +125,16 @@ class _Dataset:
                            for _ in range(config.population - len(unique))]
     self.population: list[Individual] = []
     self.front: list[Individual] = []
+
+  def unstandardise(self, individual: Individual | None) -> Individual | None:
+    """The individual for the dataset's own y: its affine top c0 + c1 * f becomes
+    shift + scale * c0 + scale * c1 * f (nmse is scale-free)."""
+    if individual is None:
+      return None
+    prefix = list(individual.prefix)
+    prefix[1] = self.shift + self.scale * prefix[1]
+    prefix[3] = self.scale * prefix[3]
+    return dataclasses.replace(individual, prefix=tuple(prefix))
 
 
 def _distinct(items: list, prefix_of=lambda item: item) -> list:
@@ -170,8 +189,8 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     if generations == config.generations > 0 or out_of_time(last):
       break
     generation_clock = compile_cache.Stopwatch()
-    # A dataset none of whose formulas evaluates finitely (in float32: |y| beyond
-    # ~1e38, say) has no parents and sits the search out.
+    # A dataset none of whose formulas evaluates finitely has no parents and sits the
+    # search out.
     children = [[d.variation.offspring(list(_tournament(d.population, config, d.rng).prefix),
                                        list(_tournament(d.population, config, d.rng).prefix))
                  for _ in range(config.offspring)] if d.population else []
@@ -183,8 +202,9 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     count += sum(len(e) for e in evaluated)
     generations += 1
     last = generation_clock.seconds()
-  return [SearchResult(tuple(d.front),
-                       min(d.population, key=lambda i: _fitness(i, config), default=None),
+  return [SearchResult(tuple(d.unstandardise(i) for i in d.front),
+                       d.unstandardise(min(d.population, key=lambda i: _fitness(i, config),
+                                           default=None)),
                        generations, count) for d in datasets]
 
 

@@ -331,7 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = monitor.MetricWriter(workdir, cfg.train.tensorboard)
   budgets = [60 * m for m in (cfg.train.max_minutes, cfg.train.max_cpu_minutes) if m > 0]
   progress = monitor.Progress(cfg.train.num_steps, start=start_step, unit=" steps",
-                              budget_seconds=min(budgets) if budgets else None)
+                              budget_seconds=min(budgets) if budgets else None,
+                              work_done=_work_done(cfg.train, history))
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
   last_metrics: dict[str, float] = {}
   totals = {k: history[k] for k in ("examples", "tokens", "flops", "real_flops")}
@@ -352,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = train(state, to_global(host_batch, batch_shardings))
       if pending is not None:
-        last_metrics = _log(pending, writer, progress, cfg, window, peak)
+        last_metrics = _log(pending, writer, progress, cfg, window, peak,
+                            work_done=_work_done(cfg.train, totals))
       for key, value in window.add(cfg, host_batch).items():
         totals[key] += value
       pending = (step + 1, metrics)
@@ -370,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if final:
         break
     if pending is not None:
-      last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True))
+      last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True,
+                                 work_done=_work_done(cfg.train, totals)))
   if done < cfg.train.num_steps:
     logging.warning("stopped at step %d of %d: a time or compute budget is spent",
                     done, cfg.train.num_steps)
@@ -439,7 +442,16 @@ def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: d
                             model.config, params, card, dtype="float16")
 
 
-def _log(pending, writer, progress, cfg, window: _Throughput, peak, force=False):
+def _work_done(train_cfg: TrainConfig, totals: dict) -> float | None:
+  """The fraction of the examples or FLOPs budget spent (the larger, when both are set);
+  None without one."""
+  spent = [totals[key] / limit for key, limit in (("examples", train_cfg.max_examples),
+                                                   ("flops", train_cfg.max_flops)) if limit > 0]
+  return max(spent) if spent else None
+
+
+def _log(pending, writer, progress, cfg, window: _Throughput, peak, force=False,
+         work_done: float | None = None):
   step, metrics = pending
   if not force and step % cfg.train.log_every:
     return {}
@@ -451,7 +463,7 @@ def _log(pending, writer, progress, cfg, window: _Throughput, peak, force=False)
   writer.write(step, values)
   progress.update(step, f"loss {values['loss']:.3f} acc {values['token_accuracy']:.3f} "
                         f"{values['examples_per_sec']:.0f} ex/s mfu {values['mfu']:.1%} "
-                        f"(real {values['mfu_real']:.1%})")
+                        f"(real {values['mfu_real']:.1%})", work_done)
   return values
 
 

@@ -81,3 +81,14 @@ def test_progress_line_shows_steps_elapsed_and_time_left(monkeypatch):
   now[0] = 190.0
   budget.update(5)  # the 2-minute budget ends in 60 s, sooner than 995 more steps
   assert stream.getvalue().splitlines()[-1] == "[##########..........] 5/1000 1m00s, 1m00s left"
+
+
+def test_progress_line_counts_time_left_from_a_work_budget(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(monitor.time, "time", lambda: now[0])
+  stream = io.StringIO()
+  # A FLOPs budget 20% spent by an earlier process; 10 steps of a million-step schedule.
+  progress = monitor.Progress(1_000_000, stream=stream, work_done=0.2)
+  now[0] = 160.0
+  progress.update(10, work_done=0.5)  # 30% in 60 s: the last 50% takes 100 s
+  assert stream.getvalue().splitlines()[-1] == "[##########..........] 10/1000000 1m00s, 1m40s left"

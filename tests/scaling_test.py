@@ -59,5 +59,29 @@ def test_runner_skips_finished_runs_and_resumes_a_killed_one(tmp_path):
   again = scaling.train_run(run, str(tmp_path), tiny)  # finished: skipped
   assert again == record
   assert os.path.getmtime(tmp_path / "runs" / run.name / "model.srj") == mtime
+  (tmp_path / "crosscheck.json").write_text(json.dumps(
+      {"debug": {"analytic": 9.0e9, "xla": 1.0e10, "ratio": 0.9}}))
   text = scaling.report(str(tmp_path))
   assert "debug_examples32_seed0" in text and os.path.exists(tmp_path / "points.csv")
+  assert "| debug | 9e+09 | 1e+10 | 0.900 |" in text
+
+
+def test_each_run_s_learning_rate_schedule_spans_its_budget():
+  # 1,600 points per batch at 200 points: 8 examples a step, so 320 examples are 40 steps.
+  fixed = {"data.point_buckets": (200,), "data.points_per_batch": 1600,
+           "data.length_groups": 1}
+  config = scaling.run_config(scaling.Run("debug", "examples", 320, 0), fixed)
+  assert config.optim.schedule == "cosine"
+  assert (config.optim.warmup_steps, config.optim.decay_steps) == (4, 36)
+  # A FLOP budget: the steps it buys times the FLOPs of a step give the budget back.
+  from sr_jax import data, training
+  config = scaling.run_config(scaling.Run("debug", "flops", 1e12, 0), fixed)
+  cfg = training.RunConfig.from_config_dict(config)
+  per_step = np.mean([training._flops_of_batch(cfg, data.HostBatch(cfg.data)(s))[0]
+                      for s in range(16)])
+  steps = config.optim.warmup_steps + config.optim.decay_steps
+  assert steps * per_step == pytest.approx(1e12, rel=per_step / 1e12 + 1e-9)
+  # An explicit optimizer override is left alone.
+  config = scaling.run_config(scaling.Run("debug", "examples", 320, 0),
+                              {**fixed, "optim.warmup_steps": 7})
+  assert config.optim.schedule == "inverse_sqrt" and config.optim.warmup_steps == 7

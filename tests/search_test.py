@@ -106,11 +106,27 @@ def test_a_time_budget_stops_the_search(planted):
   assert all(r.generations >= 1 for r in result)
 
 
-def test_a_dataset_with_nothing_finite_sits_the_search_out(planted):
-  """y beyond float32's range: no formula evaluates finitely, so that dataset has no
-  parents; it must not stop the search of the dataset beside it."""
+def test_a_dataset_beyond_float32_range_is_searched_and_unscaled(planted):
+  """y of order 1e60 overflows float32; the search fits standardised y, so it finds the
+  planted formula there too and hands it back in the dataset's own units."""
   z, y, seed = planted
   results = search.run([[seed], [seed]], [z, z], [y, y * 1e60], [3, 4],
+                       search.SearchConfig(generations=60), None)
+  for result, target in zip(results, (y, y * 1e60)):
+    assert result.best.nmse < 1e-9
+    with np.errstate(all="ignore"):
+      prediction = expressions.evaluate(list(result.best.prefix), z[:128])
+    assert np.max(np.abs(prediction - target[:128])) < 1e-3 * np.std(target)
+
+
+def test_a_dataset_with_nothing_finite_sits_the_search_out(planted, monkeypatch):
+  """A dataset none of whose formulas evaluates finitely has no parents; it must not stop
+  the search of the dataset beside it."""
+  z, y, seed = planted
+  monkeypatch.setattr(variation.Variation, "random_formula",
+                      lambda self: ["add", 1.0, "mul", 1.0, "x_0"])
+  broken = np.full_like(z, np.nan)
+  results = search.run([[seed], [seed]], [z, broken], [y, y], [3, 4],
                        search.SearchConfig(generations=2), None)
   assert results[0].best is not None and results[0].generations == 2
   assert results[1].best is None and results[1].front == ()
@@ -159,3 +175,4 @@ def test_pipeline_search_adds_a_pareto_front(planted):
   assert any("search: 60 generations" in n for n in result.notes)
   for candidate in result.candidates:
     assert candidate.complexity == len(candidate.prefix)
+

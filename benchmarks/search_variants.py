@@ -1,0 +1,80 @@
+"""Search settings compared at a fixed number of generations (an ablation, not a race).
+
+    python benchmarks/search_variants.py --generations 300 --variant population=256
+    python benchmarks/search_variants.py --generations 300 --variant population=64 --random_seeds
+
+A fixed number of generations makes each variant's result independent of the machine and
+of what else runs on it (a time budget would not), so settings can be compared on a busy
+machine. Each run: the shipped model's candidates (or random formulas with
+--random_seeds, as benchmarks/search.py's `random` system) seed the search on the first
+--max_datasets problems of each suite (Strogatz has 14; Feynman is SRBench's list),
+SRBench's split; prints and appends to --out one line per suite: test R2 > 0.99 and
+> 0.999 rates and the seconds.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sr_jax import inference, metrics, search  # noqa: E402
+import search as search_bench  # noqa: E402  benchmarks/search.py
+
+
+def parse_variant(text: str) -> dict:
+  """'population=256,random_share=0.5' -> SearchConfig overrides, typed like the field."""
+  defaults = search.SearchConfig()
+  out = {}
+  for item in filter(None, text.split(",")):
+    key, _, value = item.partition("=")
+    if not hasattr(defaults, key) or key in ("generations", "variation"):
+      raise ValueError(f"unknown search setting {key!r}")
+    out[key] = type(getattr(defaults, key))(value)
+  return out
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--generations", type=int, default=300)
+  parser.add_argument("--variant", default="", help="SearchConfig overrides, k=v,...")
+  parser.add_argument("--random_seeds", action="store_true")
+  parser.add_argument("--suites", default="strogatz,feynman")
+  parser.add_argument("--max_datasets", type=int, default=30)
+  parser.add_argument("--out", default="runs/search_variants.jsonl")
+  args = parser.parse_args(argv)
+  overrides = parse_variant(args.variant)
+  config = inference.InferenceConfig(
+      search=dataclasses.replace(search.SearchConfig(), generations=args.generations,
+                                 **overrides), seed=0)
+  model = None if args.random_seeds else inference.load_model(None)
+  propose = (search_bench._random_proposer(0, config.num_candidates + 1)
+             if args.random_seeds else None)
+  problems = search_bench._problems(args.suites.split(","), 50, args.max_datasets)
+  for suite, items in problems.items():
+    splits = [metrics.srbench_split(p.x, p.y, 0) for p in items]
+    begin = time.perf_counter()
+    output = inference.run(model, [(s[0], s[1]) for s in splits], config, propose=propose)
+    seconds = time.perf_counter() - begin
+    r2 = []
+    for (_, _, x_test, y_test), result in zip(splits, output.results):
+      with np.errstate(all="ignore"):
+        r2.append(metrics.r2(y_test, result.predict(x_test)))
+    r2 = np.nan_to_num(np.asarray(r2, float), nan=-np.inf)
+    line = {"suite": suite, "datasets": len(items), "generations": args.generations,
+            "variant": overrides, "seeds": "random" if args.random_seeds else "model",
+            "r2_above_0.99": float(np.mean(r2 > 0.99)),
+            "r2_above_0.999": float(np.mean(r2 > 0.999)), "seconds": round(seconds, 1)}
+    print(json.dumps(line), flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "a") as f:
+      f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+  main()
