@@ -104,7 +104,12 @@ def _operon_rows(problems, budget, args):
         max_evaluations=10 ** 9,
         random_state=args.seed)
     begin = time.perf_counter()
-    regressor.fit(x_train, y_train)
+    try:
+      regressor.fit(x_train, y_train)
+    except ValueError as error:  # pyoperon scores its front with sklearn, which refuses inf
+      print(f"operon failed on {problem.name}: {error}", flush=True)
+      rows.append((problem, "", np.nan, time.perf_counter() - begin))  # counts as a miss
+      continue
     seconds = time.perf_counter() - begin
     with np.errstate(all="ignore"):
       r2 = metrics.r2(y_test, regressor.predict(x_test))
@@ -154,7 +159,7 @@ def run(args) -> None:
               record["model_size"] = metrics.model_size(model_string, problem.feature_names)
             except Exception:  # an unparsable string counts as no size
               record["model_size"] = None
-            if problem.formula is not None and suite != "in_domain":
+            if problem.formula is not None and suite != "in_domain" and model_string:
               record["symbolic"] = checker.check(model_string, problem.formula,
                                                  problem.feature_names, r2, 100).solved
             out.write(json.dumps(record) + "\n")

@@ -237,8 +237,7 @@ def report(out: str) -> str:
            "device s | valid loss | " + " | ".join(c for c in frame.columns
                                                   if "r2_above" in c) + " |",
            "|---" * (9 + sum("r2_above" in c for c in frame.columns)) + "|"]
-  for r in frame.itertuples(index=False):
-    row = r._asdict()
+  for row in frame.to_dict("records"):  # itertuples would rename "..._0.99_c10" columns
     lines.append(f"| {row['run']} | {row['parameters']:,} | {row['non_embedding_parameters']:,} "
                  f"| {row['examples']:,.0f} | {row['tokens']:,.0f} | {row['flops']:.3g} | "
                  f"{row['real_flops']:.3g} | {row['device_seconds']:.0f} | "
@@ -307,8 +306,7 @@ def report(out: str) -> str:
   if candidates:
     figure, axis = plt.subplots(figsize=(6, 4))
     finals = frame[frame["budget"] == frame["budget"].max()]
-    for r in finals.itertuples(index=False):
-      row = r._asdict()
+    for row in finals.to_dict("records"):
       for suite in sorted({c.split("_r2")[0] for c in frame.columns if "r2_above" in c}):
         columns = sorted((c for c in frame.columns if c.startswith(suite + "_r2_above")
                           and np.isfinite(row[c])), key=lambda c: int(c.split("_c")[-1]))

@@ -59,11 +59,15 @@ def test_runner_skips_finished_runs_and_resumes_a_killed_one(tmp_path):
   again = scaling.train_run(run, str(tmp_path), tiny)  # finished: skipped
   assert again == record
   assert os.path.getmtime(tmp_path / "runs" / run.name / "model.srj") == mtime
+  # An evaluated run (the columns evaluate_run adds) shows its rates in the table.
+  done = tmp_path / "runs" / run.name / "done.json"
+  done.write_text(json.dumps({**record, "in_domain_r2_above_0.99_c10": 0.25}))
   (tmp_path / "crosscheck.json").write_text(json.dumps(
       {"debug": {"analytic": 9.0e9, "xla": 1.0e10, "ratio": 0.9}}))
   text = scaling.report(str(tmp_path))
   assert "debug_examples32_seed0" in text and os.path.exists(tmp_path / "points.csv")
   assert "| debug | 9e+09 | 1e+10 | 0.900 |" in text
+  assert "| 0.250 |" in text
 
 
 def test_each_run_s_learning_rate_schedule_spans_its_budget():
