@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sr_jax import inference, metrics, search  # noqa: E402
+from sr_jax import inference, search, suite_runner  # noqa: E402
 import search as search_bench  # noqa: E402  benchmarks/search.py
 
 
@@ -57,15 +57,10 @@ def main(argv=None) -> None:
              if args.random_seeds else None)
   problems = search_bench._problems(args.suites.split(","), 50, args.max_datasets)
   for suite, items in problems.items():
-    splits = [metrics.srbench_split(p.x, p.y, 0) for p in items]
     begin = time.perf_counter()
-    output = inference.run(model, [(s[0], s[1]) for s in splits], config, propose=propose)
+    r2 = suite_runner.test_r2(model, items, config, propose=propose)
     seconds = time.perf_counter() - begin
-    r2 = []
-    for (_, _, x_test, y_test), result in zip(splits, output.results):
-      with np.errstate(all="ignore"):
-        r2.append(metrics.r2(y_test, result.predict(x_test)))
-    r2 = np.nan_to_num(np.asarray(r2, float), nan=-np.inf)
+    r2 = np.nan_to_num(r2, nan=-np.inf)
     line = {"suite": suite, "datasets": len(items), "generations": args.generations,
             "variant": overrides, "seeds": "random" if args.random_seeds else "model",
             "r2_above_0.99": float(np.mean(r2 > 0.99)),

@@ -175,4 +175,3 @@ def test_pipeline_search_adds_a_pareto_front(planted):
   assert any("search: 60 generations" in n for n in result.notes)
   for candidate in result.candidates:
     assert candidate.complexity == len(candidate.prefix)
-
