@@ -204,6 +204,7 @@ def dataset_stream(x: np.ndarray, y: np.ndarray, seed: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
   x_scaled: np.ndarray  # the kept features, standardised
+  x_kept: np.ndarray  # the kept features as given (the search reads them)
   y: np.ndarray
   features: np.ndarray
   mean: np.ndarray
@@ -241,7 +242,7 @@ def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
   if len(y) > config.max_score_points:
     notes.append(f"{len(y)} points: candidates were ranked on a random "
                  f"{config.max_score_points} of them")
-  return _Prepared((x - mean) / scale, y, features, mean, scale, bags,
+  return _Prepared((x - mean) / scale, x, y, features, mean, scale, bags,
                    order[:config.max_score_points], stream, notes)
 
 
@@ -377,7 +378,8 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: li
   results = []
   for i, p in enumerate(prepared):
     rows, front, duplicates = table[i]
-    user = lambda c: dataclasses.replace(c, prefix=tuple(unscale(c.prefix, p.mean, p.scale)))
+    user = lambda c: (c if c.source == "search" else
+                      dataclasses.replace(c, prefix=tuple(unscale(c.prefix, p.mean, p.scale))))
     results.append(DatasetResult(
         candidates=tuple(map(user, rows)), features=tuple(int(f) for f in p.features),
         num_decoded=num_decoded[i], num_invalid=num_invalid[i], num_duplicates=duplicates,
@@ -444,7 +446,7 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
 
   table = []
   for i, pool in enumerate(pools):
-    complexity = np.array([search.returned_complexity(c[0]) for c in pool])
+    complexity = np.array([_user_complexity(c) for c in pool])
     r2 = np.array([c[3] for c in pool])
     order_score = selection.selection_score(r2, complexity, config.selection,
                                             config.complexity_penalty)
@@ -473,21 +475,41 @@ def _refine_into(pools: list[list[tuple]], to_refine: list[tuple], xs, ys,
 def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
                  config: InferenceConfig, clock: _Clock) -> None:
   """Evolves every dataset's formulas (seeded with its pool, best first) and adds the
-  search's Pareto front and best formula, refined like the model's, to the pool."""
-  seeds = [[c[0] for c in sorted(pool, key=lambda c: c[2]) if np.isfinite(c[2])]
-           for pool in pools]
-  results = search.run(seeds, xs, ys, [p.stream for p in prepared], config.search,
+  search's Pareto front and best formula, refined like the model's, to the pool. The
+  search reads the features as given (search.py says why), so its formulas join the
+  pool on them: source "search" marks them, and they are not unscaled."""
+  seeds = [[unscale(c[0], p.mean, p.scale) for c in sorted(pool, key=lambda c: c[2])
+            if np.isfinite(c[2])] for pool, p in zip(pools, prepared)]
+  raw_xs = [p.x_kept[p.score_rows] for p in prepared]
+  results = search.run(seeds, raw_xs, ys, [p.stream for p in prepared], config.search,
                        config.search_time * len(prepared), clock.deadline)
   found = []
   for i, (result, p) in enumerate(zip(results, prepared)):
     p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
                    "formulas evaluated")
-    kept = {tuple(c[0]) for c in pools[i]}
     best = (result.best,) if result.best else ()
-    found += [(i, list(f.prefix), "search") for f in result.front + best
-              if tuple(f.prefix) not in kept]
+    found += [(i, list(f.prefix), "search") for f in _distinct_prefixes(result.front + best)]
   if found:
-    _refine_into(pools, found, xs, ys, config)
+    _refine_into(pools, found, raw_xs, ys, config)
+
+
+def _distinct_prefixes(individuals) -> list:
+  seen, out = set(), []
+  for individual in individuals:
+    if individual.prefix not in seen:
+      seen.add(individual.prefix)
+      out.append(individual)
+  return out
+
+
+def _user_complexity(entry: tuple) -> int:
+  """Nodes of the formula the user gets: unscale writes each standardised variable as
+  5 nodes; the search's formulas are on the given features already."""
+  prefix, source = entry[0], entry[4]
+  if source == "search":
+    return len(prefix)
+  return len(prefix) + 4 * sum(1 for t in prefix if isinstance(t, str)
+                               and operators.variable_index(t) is not None)
 
 
 def _front(rows: list[Candidate]) -> list[Candidate]:

@@ -8,16 +8,21 @@ started from the proposals (plus a share of random formulas), for a time budget:
   insertion and removal of unary nodes, hoist, constant perturbation) and crossover
   between formulas of the same dataset (variation.py); all valid, all within
   `max_length` tokens, all reading only the dataset's features;
-- every offspring is wrapped as c0 + c1 * f and screened by its error after the best
-  linear scaling (closed form, as Operon does: one forward evaluation); the best
-  `refined` of each generation get `lm_iters` Levenberg-Marquardt iterations on a fixed
-  random subset of the dataset's points, and keep the refined constants (Lamarckian);
+- every offspring is wrapped as c0 + c1 * f (linear scaling, as Operon does) and gets
+  `lm_iters` Levenberg-Marquardt iterations on a fixed random subset of the dataset's
+  points, keeping the refined constants (Lamarckian); with `refined` < `offspring`,
+  only the best `refined` by error after the best linear scaling (closed form, one
+  forward evaluation) are refined;
 - the next population: the elite, then tournaments on normalised MSE (1 - R2) plus a
   price per node of the formula the user gets (parsimony pressure);
 - a Pareto front of complexity vs error is kept throughout and returned, with the best.
 
-Each dataset's y is standardised for the search (float32 then holds any finite y) and
-the returned formulas are mapped back through their affine top.
+The search takes and returns formulas on the dataset's own features. Inside, y is
+standardised (float32 then holds any finite y; formulas map back through their affine
+top) and each feature divided by its root mean square, not standardised: x_k / r_k
+maps back to one weight, mul(1/r_k, x_k), folded into a weight already there, where
+standardising would write every variable as (x_k - m_k) / s_k, 5 nodes (formulas 1.5x
+the size of Operon's, BENCHMARKS.md), and would hide sin(x0 - x1) behind offsets.
 
 All datasets of a call move together: one generation makes every dataset's offspring
 (host Python, ~50k per second per core), screens all of them in one batched
@@ -46,8 +51,11 @@ from sr_jax import compile_cache, expressions, operators, refine, selection, var
 class SearchConfig:
   generations: int = 0  # exact number of generations (0: run for the time budget)
   population: int = 64  # per dataset (256 measured no better: BENCHMARKS.md)
-  offspring: int = 128  # screened per dataset and generation
-  refined: int = 24  # of which the best are LM-refined and compete for the population
+  offspring: int = 48  # per dataset and generation
+  # Of which the best (by error after linear scaling) are LM-refined and compete for the
+  # population; all of them by default, as Operon does: refining every offspring beat
+  # screening 128 down to 24 at equal time (2 s per dataset, BENCHMARKS.md).
+  refined: int = 48
   random_share: float = 0.25  # of the first population, when enough seeds exist
   tournament: int = 4
   elite: int = 4
@@ -70,7 +78,7 @@ class SearchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Individual:
-  prefix: tuple  # on the standardised features, affine at the top
+  prefix: tuple  # affine at the top
   nmse: float  # MSE / var(y) on the search points: 1 - R2
   complexity: int  # nodes of the formula the user gets (returned_complexity)
 
@@ -93,13 +101,44 @@ def affine(prefix: Sequence) -> list:
   return ["add", 0.0, "mul", 1.0] + prefix
 
 
+def reweighted(prefix: Sequence, factors: Sequence[float]) -> list:
+  """prefix with each x_k read as factors[k] * x_k: the factor multiplies the weight c
+  of mul(c, x_k) or mul(x_k, c) where there is one, else mul(factor, x_k) is written."""
+  out = list(prefix)
+  unweighted = []
+  for i, token in enumerate(prefix):
+    k = _VARIABLES.get(token) if token.__class__ is str else None
+    if k is None:
+      continue
+    at = _weight_at(prefix, i)
+    if at is None:
+      unweighted.append(i)
+    else:
+      out[at] = float(out[at] * factors[k])
+  for i in reversed(unweighted):
+    out[i:i + 1] = ["mul", float(factors[_VARIABLES[prefix[i]]]), prefix[i]]
+  return out
+
+
+def _weight_at(prefix: Sequence, i: int) -> int | None:
+  """The index of the constant c of mul(c, x) or mul(x, c) around the variable at i."""
+  if i >= 2 and prefix[i - 2] == "mul" and prefix[i - 1].__class__ is not str:
+    return i - 1
+  if (i >= 1 and prefix[i - 1] == "mul" and i + 1 < len(prefix)
+      and prefix[i + 1].__class__ is not str):
+    return i + 1
+  return None
+
+
 def returned_complexity(prefix: Sequence) -> int:
-  """Nodes of the formula the user gets once its standardised features are unscaled:
-  inference.unscale writes each variable as 5 nodes."""
-  return len(prefix) + 4 * sum(1 for t in prefix if t.__class__ is str and t in _VARIABLES)
+  """Nodes of the formula the user gets once its features are unscaled (reweighted):
+  2 more per variable without a weight."""
+  return len(prefix) + 2 * sum(1 for i, t in enumerate(prefix)
+                               if t.__class__ is str and t in _VARIABLES
+                               and _weight_at(prefix, i) is None)
 
 
-_VARIABLES = frozenset(operators.VARIABLES)
+_VARIABLES = {name: k for k, name in enumerate(operators.VARIABLES)}
 
 
 class _Dataset:
@@ -112,13 +151,17 @@ class _Dataset:
     self.scale = float(np.std(y))
     if not np.isfinite(self.scale) or self.scale == 0:
       self.scale = 1.0
-    self.x, self.y = x, (y - self.shift) / self.scale
+    with np.errstate(over="ignore"):
+      rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=0))
+    self.x_scale = np.where(np.isfinite(rms) & (rms > 0), rms, 1.0)
+    self.x, self.y = x / self.x_scale, (y - self.shift) / self.scale
     self.variance = float(np.var(self.y)) or 1.0
     self.rng = random.Random(stream ^ config.seed)
     self.variation = variation.Variation(config.variation, x.shape[1], self.rng)
     limit = config.variation.max_length
-    usable = [affine(s) for s in seeds if len(affine(s)) <= limit
-              and not _reads_missing(s, x.shape[1])]
+    usable = [affine(reweighted(s, self.x_scale)) for s in seeds
+              if not _reads_missing(s, x.shape[1])]
+    usable = [s for s in usable if len(s) <= limit]
     own = max(1, config.population - round(config.random_share * config.population))
     unique = _distinct(usable)[:own]
     self.start = unique + [self.variation.random_formula()
@@ -127,14 +170,16 @@ class _Dataset:
     self.front: list[Individual] = []
 
   def unstandardise(self, individual: Individual | None) -> Individual | None:
-    """The individual for the dataset's own y: its affine top c0 + c1 * f becomes
-    shift + scale * c0 + scale * c1 * f (nmse is scale-free)."""
+    """The individual for the dataset's own x and y: its affine top c0 + c1 * f
+    becomes shift + scale * c0 + scale * c1 * f, and x_k / r_k a weight (nmse is
+    scale-free)."""
     if individual is None:
       return None
     prefix = list(individual.prefix)
     prefix[1] = self.shift + self.scale * prefix[1]
     prefix[3] = self.scale * prefix[3]
-    return dataclasses.replace(individual, prefix=tuple(prefix))
+    prefix = reweighted(prefix, 1.0 / self.x_scale)
+    return dataclasses.replace(individual, prefix=tuple(prefix), complexity=len(prefix))
 
 
 def _distinct(items: list, prefix_of=lambda item: item) -> list:
@@ -164,7 +209,7 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
         streams: Sequence[int], config: SearchConfig, seconds: float | None,
         deadline: float | None = None) -> list[SearchResult]:
   """Searches for every dataset i from seeds[i] (its proposals, best first) on (xs[i],
-  ys[i]) (standardised X; at most max_points rows are used), for `seconds` of wall
+  ys[i]) (the dataset's own features; at most max_points rows are used), for `seconds` of wall
   clock in all, compilation left out (stopping before a generation that would overrun
   it, or at `deadline`, a time.perf_counter value that counts everything) or
   config.generations generations."""
@@ -195,7 +240,11 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
                                        list(_tournament(d.population, config, d.rng).prefix))
                  for _ in range(config.offspring)] if d.population else []
                 for d in datasets]
-    evaluated = _evaluate(datasets, _screen(datasets, children, config), config)
+    # Screening pays when most offspring are left out; with refined == offspring every
+    # one is refined (as Operon does), and scoring them first would be wasted.
+    chosen = (_screen(datasets, children, config) if config.refined < config.offspring
+              else children)
+    evaluated = _evaluate(datasets, chosen, config)
     for d, individuals in zip(datasets, evaluated):
       d.population = _select(d.population + individuals, config, d.rng)
       d.front = _pareto(d.front + individuals, config.archive)
@@ -237,7 +286,7 @@ def _evaluate(datasets: list[_Dataset], prefixes: list[list], config: SearchConf
                            [datasets[k].y for k, _ in flat],
                            refine.RefineConfig(max_iters=config.lm_iters,
                                                max_points=config.max_points, polish_iters=0,
-                                               seed=config.seed))
+                                               seed=config.seed), check=False)
   out = [[] for _ in datasets]
   for (k, _), prefix, loss, constants in zip(flat, result.prefixes, result.loss,
                                              result.constants):

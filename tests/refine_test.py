@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from sr_jax import expressions
 from sr_jax import refine
@@ -66,6 +67,23 @@ def test_streams_and_queues_do_not_change_results():
     for mine, theirs in zip(result.constants, results[0].constants):
       np.testing.assert_array_equal(mine, theirs)
   assert np.mean(results[0].r2 > 0.999) >= 0.8
+
+
+@pytest.mark.parametrize("cores,streams", [({3}, 1), ({0, 1}, 2), (set(range(16)), 2)])
+def test_one_stream_per_usable_core_up_to_two(monkeypatch, cores, streams):
+  """Two host threads on one core (taskset) only get in each other's way."""
+  monkeypatch.setattr(refine.os, "sched_getaffinity", lambda pid: cores, raising=False)
+  assert refine.RefineConfig().num_streams == streams
+
+
+def test_unchecked_refinement_equals_checked_and_checking_refuses_bad_input():
+  prefixes, xs, ys, _ = _perturbed_problems(6, seed=3)
+  config = refine.RefineConfig(max_iters=20)
+  checked = refine.refine(prefixes, xs, ys, config)
+  unchecked = refine.refine(prefixes, xs, ys, config, check=False)
+  np.testing.assert_array_equal(checked.loss, unchecked.loss)
+  with pytest.raises(expressions.ExpressionError, match="x_5"):
+    refine.refine([["add", 1.0, "x_5"]], xs[:1], ys[:1], config)
 
 
 def test_multi_start_is_never_worse():

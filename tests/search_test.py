@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sr_jax import compile_cache, expressions, inference, search, variation
+from sr_jax import compile_cache, expressions, inference, metrics, search, variation
 from standardise import standardised
 
 
@@ -53,55 +53,91 @@ def test_each_mutation_changes_what_it_says():
   assert ends[0] == len(parent) and ends[4] == len(parent) and ends[1] == 2
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 31), dim=st.integers(1, 4))
+def test_reweighted_formulas_read_scaled_features(seed, dim):
+  """f reweighted by factors, on x, equals f on x * factors (numpy evaluation), and the
+  complexity the search prices is the length of the formula the user gets."""
+  v = variation.Variation(variation.VariationConfig(), dim, random.Random(seed))
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(0.5, 2.0, (16, dim))
+  factors = rng.uniform(0.1, 10.0, dim)
+  for _ in range(5):
+    prefix = v.offspring(v.random_formula(), v.random_formula())
+    rescaled = search.reweighted(prefix, factors)
+    expressions.validate(rescaled)
+    with np.errstate(all="ignore"):
+      np.testing.assert_allclose(expressions.evaluate(rescaled, x),
+                                 expressions.evaluate(prefix, x * factors),
+                                 rtol=1e-6, atol=1e-9)
+    assert search.returned_complexity(prefix) == len(search.reweighted(prefix, factors))
+  assert search.reweighted(["mul", 2.0, "x_0"], [3.0]) == ["mul", 6.0, "x_0"]
+  assert search.reweighted(["sin", "x_0"], [3.0]) == ["sin", "mul", 3.0, "x_0"]
+
+
 @pytest.fixture(scope="module")
 def planted():
-  """y = x0*x1 + exp(x2), and a seed one mutation (exp -> sin) away, on standardised
-  features as the pipeline hands them over. Refining the seed's constants alone does
-  not get there (sin cannot become exp)."""
+  """y = x0*x1 + exp(x2), and a seed one mutation (exp -> sin) away, on the features as
+  given (x0 near 3: standardised or not makes a difference). Refining the seed's
+  constants alone does not get there (sin cannot become exp)."""
   rng = np.random.default_rng(0)
-  x = rng.uniform(-1, 1, (300, 3))
+  x = rng.uniform(-1, 1, (300, 3)) + [3.0, 0.0, 0.0]
   y = x[:, 0] * x[:, 1] + np.exp(x[:, 2])
-  mean, scale = x.mean(0), x.std(0)
-  seed = standardised(PROPOSAL, mean, scale)
-  return (x - mean) / scale, y, seed
+  return x, y, PROPOSAL
 
 
 PROPOSAL = ["add", 0.1, "add", "mul", "x_0", "x_1", "sin", "x_2"]
 
 
 def test_planted_formula_one_mutation_away_is_found(planted):
-  z, y, seed = planted
-  refined_seed = search._evaluate([search._Dataset(z[:128], y[:128], [], 3,
-                                                   search.SearchConfig())],
-                                  [[seed]], search.SearchConfig(lm_iters=100))[0][0]
+  x, y, seed = planted
+  dataset = search._Dataset(x[:128], y[:128], [seed], 3, search.SearchConfig())
+  refined_seed = search._evaluate([dataset], [dataset.start[:1]],
+                                  search.SearchConfig(lm_iters=100))[0][0]
   assert refined_seed.nmse > 1e-6  # refinement alone cannot turn sin into exp
-  config = search.SearchConfig(generations=60, seed=0)
-  (result,) = search.run([[seed]], [z], [y], [7], config, None)
+  config = search.SearchConfig(generations=150, seed=0)
+  (result,) = search.run([[seed]], [x], [y], [7], config, None)
   assert result.best.nmse < 1e-9
-  assert result.generations == 60
+  assert result.generations == 150
+  prediction = expressions.evaluate(list(result.best.prefix), x)  # on the given features
+  assert np.max(np.abs(prediction - y)) < 1e-3 * np.std(y)
   front = result.front
   assert [f.complexity for f in front] == sorted(f.complexity for f in front)
   assert all(a.nmse > b.nmse for a, b in zip(front, front[1:]))
 
 
+@pytest.mark.parametrize("offspring,refined,screened", [(32, 32, False), (64, 16, True)])
+def test_offspring_are_screened_only_when_some_are_left_out(planted, monkeypatch, offspring,
+                                                            refined, screened):
+  """Scoring every offspring before refining every one of them would be wasted work."""
+  x, y, seed = planted
+  calls = []
+  score = search.selection.score
+  monkeypatch.setattr(search.selection, "score",
+                      lambda *args, **kwargs: calls.append(1) or score(*args, **kwargs))
+  config = search.SearchConfig(generations=2, offspring=offspring, refined=refined)
+  (result,) = search.run([[seed]], [x], [y], [3], config, None)
+  assert bool(calls) == screened
+  assert result.generations == 2 and np.isfinite(result.best.nmse)
+
+
 def test_search_is_never_worse_than_its_seeds_and_is_reproducible(planted):
-  z, y, seed = planted
-  refined_seed = search._evaluate([search._Dataset(z[:128], y[:128], [], 3,
-                                                   search.SearchConfig())],
-                                  [[seed]], search.SearchConfig())[0][0]
+  x, y, seed = planted
+  dataset = search._Dataset(x[:128], y[:128], [seed], 3, search.SearchConfig())
+  refined_seed = search._evaluate([dataset], [dataset.start[:1]], search.SearchConfig())[0][0]
   config = search.SearchConfig(generations=3, seed=2)
-  first = search.run([[seed]], [z], [y], [3], config, None)[0]
-  again = search.run([[seed]], [z], [y], [3], config, None)[0]
+  first = search.run([[seed]], [x], [y], [3], config, None)[0]
+  again = search.run([[seed]], [x], [y], [3], config, None)[0]
   assert first == again  # the same individuals, constants bit for bit
   assert first.best.nmse <= refined_seed.nmse
   assert min(f.nmse for f in first.front) <= refined_seed.nmse
 
 
 def test_a_time_budget_stops_the_search(planted):
-  z, y, seed = planted
-  search.run([[seed]], [z], [y], [3], search.SearchConfig(generations=1), None)  # compile
+  x, y, seed = planted
+  search.run([[seed]], [x], [y], [3], search.SearchConfig(generations=1), None)  # compile
   clock = compile_cache.Stopwatch()
-  result = search.run([[seed]] * 2, [z] * 2, [y] * 2, [3, 4], search.SearchConfig(), 1.5)
+  result = search.run([[seed]] * 2, [x] * 2, [y] * 2, [3, 4], search.SearchConfig(), 1.5)
   assert clock.seconds() < 3.0
   assert all(r.generations >= 1 for r in result)
 
@@ -109,24 +145,24 @@ def test_a_time_budget_stops_the_search(planted):
 def test_a_dataset_beyond_float32_range_is_searched_and_unscaled(planted):
   """y of order 1e60 overflows float32; the search fits standardised y, so it finds the
   planted formula there too and hands it back in the dataset's own units."""
-  z, y, seed = planted
-  results = search.run([[seed], [seed]], [z, z], [y, y * 1e60], [3, 4],
-                       search.SearchConfig(generations=60), None)
+  x, y, seed = planted
+  results = search.run([[seed], [seed]], [x, x], [y, y * 1e60], [3, 3],  # same stream
+                       search.SearchConfig(generations=150), None)
   for result, target in zip(results, (y, y * 1e60)):
     assert result.best.nmse < 1e-9
     with np.errstate(all="ignore"):
-      prediction = expressions.evaluate(list(result.best.prefix), z[:128])
+      prediction = expressions.evaluate(list(result.best.prefix), x[:128])
     assert np.max(np.abs(prediction - target[:128])) < 1e-3 * np.std(target)
 
 
 def test_a_dataset_with_nothing_finite_sits_the_search_out(planted, monkeypatch):
   """A dataset none of whose formulas evaluates finitely has no parents; it must not stop
   the search of the dataset beside it."""
-  z, y, seed = planted
+  x, y, seed = planted
   monkeypatch.setattr(variation.Variation, "random_formula",
                       lambda self: ["add", 1.0, "mul", 1.0, "x_0"])
-  broken = np.full_like(z, np.nan)
-  results = search.run([[seed], [seed]], [z, broken], [y, y], [3, 4],
+  broken = np.full_like(x, np.nan)
+  results = search.run([[seed], [seed]], [x, broken], [y, y], [3, 4],
                        search.SearchConfig(generations=2), None)
   assert results[0].best is not None and results[0].generations == 2
   assert results[1].best is None and results[1].front == ()
@@ -135,7 +171,7 @@ def test_a_dataset_with_nothing_finite_sits_the_search_out(planted, monkeypatch)
 def test_compilation_is_left_out_of_the_time_budget(planted, monkeypatch):
   """A generation that spends 0.4 s compiling still fits a 0.3 s budget: compilation is
   a one-time cost, and counting it would starve the first fit of every process."""
-  z, y, seed = planted
+  x, y, seed = planted
   compiling = [0.0]
   evaluate = search._evaluate
 
@@ -146,7 +182,7 @@ def test_compilation_is_left_out_of_the_time_budget(planted, monkeypatch):
 
   monkeypatch.setattr(search, "_evaluate", evaluate_after_compiling)
   monkeypatch.setattr(compile_cache, "compile_seconds", lambda: compiling[0])
-  result = search.run([[seed]], [z], [y], [3], search.SearchConfig(), 0.3)[0]
+  result = search.run([[seed]], [x], [y], [3], search.SearchConfig(), 0.3)[0]
   assert result.generations >= 1
 
 
@@ -159,10 +195,8 @@ def test_compile_seconds_counts_new_programs():
 def test_pipeline_search_adds_a_pareto_front(planted):
   """Through inference.run: the search's formulas enter the pool refined, the front is
   complexity-sorted with falling error, and the best is on it."""
-  rng = np.random.default_rng(1)
-  x = rng.uniform(-1, 1, (300, 3))
-  y = x[:, 0] * x[:, 1] + np.exp(x[:, 2])
-  config = inference.InferenceConfig(search=search.SearchConfig(generations=60, seed=0))
+  x, y, _ = planted
+  config = inference.InferenceConfig(search=search.SearchConfig(generations=150, seed=0))
   output = inference.run(None, [(x, y)], config, propose=lambda bags: [
       [standardised(PROPOSAL, x.mean(0), x.std(0))] for _ in bags])
   result = output.results[0]
@@ -172,6 +206,7 @@ def test_pipeline_search_adds_a_pareto_front(planted):
   assert complexities == sorted(complexities)
   assert all(a.mse > b.mse for a, b in zip(result.front, result.front[1:]))
   assert result.best in result.front
-  assert any("search: 60 generations" in n for n in result.notes)
+  assert any("search: 150 generations" in n for n in result.notes)
   for candidate in result.candidates:
     assert candidate.complexity == len(candidate.prefix)
+  assert metrics.r2(y, result.predict(x)) > 0.999999
