@@ -488,18 +488,10 @@ def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
     p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
                    "formulas evaluated")
     best = (result.best,) if result.best else ()
-    found += [(i, list(f.prefix), "search") for f in _distinct_prefixes(result.front + best)]
+    found += [(i, list(prefix), "search")  # each formula once, in order
+              for prefix in dict.fromkeys(f.prefix for f in result.front + best)]
   if found:
     _refine_into(pools, found, raw_xs, ys, config)
-
-
-def _distinct_prefixes(individuals) -> list:
-  seen, out = set(), []
-  for individual in individuals:
-    if individual.prefix not in seen:
-      seen.add(individual.prefix)
-      out.append(individual)
-  return out
 
 
 def _user_complexity(entry: tuple) -> int:

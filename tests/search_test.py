@@ -61,15 +61,14 @@ def test_reweighted_formulas_read_scaled_features(seed, dim):
   v = variation.Variation(variation.VariationConfig(), dim, random.Random(seed))
   rng = np.random.default_rng(seed)
   x = rng.uniform(0.5, 2.0, (16, dim))
-  factors = rng.uniform(0.1, 10.0, dim)
+  factors = 2.0 ** rng.integers(-3, 4, dim)  # exact products: any difference is a bug
   for _ in range(5):
     prefix = v.offspring(v.random_formula(), v.random_formula())
     rescaled = search.reweighted(prefix, factors)
     expressions.validate(rescaled)
     with np.errstate(all="ignore"):
       np.testing.assert_allclose(expressions.evaluate(rescaled, x),
-                                 expressions.evaluate(prefix, x * factors),
-                                 rtol=1e-6, atol=1e-9)
+                                 expressions.evaluate(prefix, x * factors), rtol=1e-12)
     assert search.returned_complexity(prefix) == len(search.reweighted(prefix, factors))
   assert search.reweighted(["mul", 2.0, "x_0"], [3.0]) == ["mul", 6.0, "x_0"]
   assert search.reweighted(["sin", "x_0"], [3.0]) == ["sin", "mul", 3.0, "x_0"]
