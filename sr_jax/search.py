@@ -25,9 +25,9 @@ standardising would write every variable as (x_k - m_k) / s_k, 5 nodes (formulas
 the size of Operon's, BENCHMARKS.md), and would hide sin(x0 - x1) behind offsets.
 
 All datasets of a call move together: one generation makes every dataset's offspring
-(host Python, ~50k per second per core), screens all of them in one batched
-selection.score call and refines the chosen ones in one refine.refine call, on any
-device JAX sees. The budget is seconds per dataset, not counting XLA compilation (a
+(host Python, ~50k per second per core) and refines them in one refine.refine call
+(after one batched selection.score screening call when `refined` < `offspring`), on
+any device JAX sees. The budget is seconds per dataset, not counting XLA compilation (a
 one-time cost per program shape, compile_cache.compile_seconds; the stage stops before
 a generation that would overrun it), or an exact number of
 generations, which makes results reproducible bit for bit: with a time budget, how many
@@ -178,8 +178,9 @@ class _Dataset:
     prefix = list(individual.prefix)
     prefix[1] = self.shift + self.scale * prefix[1]
     prefix[3] = self.scale * prefix[3]
+    # complexity stays: returned_complexity counted this reweighted length already.
     prefix = reweighted(prefix, 1.0 / self.x_scale)
-    return dataclasses.replace(individual, prefix=tuple(prefix), complexity=len(prefix))
+    return dataclasses.replace(individual, prefix=tuple(prefix))
 
 
 def _distinct(items: list, prefix_of=lambda item: item) -> list:
