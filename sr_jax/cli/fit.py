@@ -38,7 +38,8 @@ def fit(argv: list[str]) -> int:
                       help="a model file or training run (default: the shipped model)")
   parser.add_argument("--max_time", type=float, default=None, help="seconds for the fit")
   parser.add_argument("--num_candidates", type=int, default=10, help="samples per bag")
-  parser.add_argument("--max_bags", type=int, default=10, help="bags of 200 points read")
+  parser.add_argument("--max_bags", type=int, default=3,
+                      help="bags of 200 points read (the regressor's default)")
   parser.add_argument("--search_time", type=float, default=2.0,
                       help="seconds of evolutionary search (0: off)")
   parser.add_argument("--seed", type=int, default=0)
