@@ -469,26 +469,40 @@ class _Queue:
     self.buffers = [np.zeros((rows, width), d) for d, width in zip(group_dtypes, widths)]
     self.arrays = _unpack(self.buffers, self.layout)
 
-  def fill(self, row, program, member, start, data, budget):
-    a = self.arrays
-    a["budget"][row], a["entry"][row] = budget, member
+  def fill(self, program, members: range, starts, data, budgets) -> None:
+    """Rows 0.. of this (new, zeroed) queue: entries `members` of the program, their
+    start constants, datasets and iteration budgets. Vectorised: filling row by row
+    was a fifth of the search's time."""
+    a, n = self.arrays, len(members)
+    rows = slice(members.start, members.stop)
     for name, source in (("opcode", program.opcode_BxL), ("left", program.left_BxL),
                          ("right", program.right_BxL), ("edge", program.edge_BxL),
                          ("constant_edge", program.constant_edge_BxK)):
-      a[name][row] = source[member]
-    a["start"][row] = 0.0
+      a[name][:n] = source[rows]
+    a["budget"][:n], a["entry"][:n] = budgets, members
+    sizes = np.array([start.size for start in starts])
+    active = np.arange(a["active"].shape[1]) < sizes[:, None]
+    a["active"][:n] = active
     with np.errstate(over="ignore"):  # beyond float32: a NON_FINITE start, handled
-      a["start"][row, :start.size] = start
-    a["active"][row] = np.arange(a["active"].shape[1]) < start.size
-    x_NxD, y_N, mask_N = data
-    x_NxD = x_NxD[:, :operators.MAX_VARIABLES]  # columns no variable can name
-    a["x"][row] = 0.0
-    a["x"][row, :len(y_N), :x_NxD.shape[1]] = x_NxD
-    a["y"][row] = 0.0
-    a["y"][row, :len(y_N)] = y_N
-    a["mask"][row] = False
-    a["mask"][row, :len(y_N)] = mask_N
-    a["num_points"][row] = len(y_N)
+      a["start"][:n][active] = np.concatenate(starts) if n else []
+    # Datasets are shared by many entries: pad each one once, then gather.
+    index, padded = {}, []
+    for d in data:
+      if id(d) not in index:
+        index[id(d)] = len(padded)
+        padded.append(d)
+    num_points = a["y"].shape[1]
+    x_UxNxD = np.zeros((len(padded), num_points, a["x"].shape[2]), a["x"].dtype)
+    y_UxN = np.zeros((len(padded), num_points), a["y"].dtype)
+    mask_UxN = np.zeros((len(padded), num_points), bool)
+    for u, (x_NxD, y_N, mask_N) in enumerate(padded):
+      x_NxD = x_NxD[:, :operators.MAX_VARIABLES]  # columns no variable can name
+      x_UxNxD[u, :len(y_N), :x_NxD.shape[1]] = x_NxD
+      y_UxN[u, :len(y_N)] = y_N
+      mask_UxN[u, :len(y_N)] = mask_N
+    which = np.array([index[id(d)] for d in data], np.intp)
+    a["x"][:n], a["y"][:n], a["mask"][:n] = x_UxNxD[which], y_UxN[which], mask_UxN[which]
+    a["num_points"][:n] = [len(padded[u][1]) for u in which]
 
   def device(self):
     return jax.device_put(self.buffers)
@@ -521,8 +535,8 @@ def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
     # A new queue each call: the device may still be copying the previous one.
     queue = _Queue(config.queue_size, num_nodes, num_slots, num_points, dtype)
     end = min(begin + config.queue_size, num_entries)
-    for row, e in enumerate(range(begin, end)):
-      queue.fill(row, program, e, starts[e], data[e], budgets[e])
+    queue.fill(program, range(begin, end), starts[begin:end], data[begin:end],
+               budgets[begin:end])
     buffers = queue.device()
     if carry is None:
       carry = _blank_carry(buffers, batch=batch, config=device_config, layout=queue.layout)
@@ -570,9 +584,11 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   rng = np.random.default_rng(config.seed)
   dtype = interpreter.float_dtype()
   prepared = {}  # one copy per dataset, not per candidate
+  keys = {}  # (id x, id y) -> _same_data_key: the search passes one pair per dataset
   data = []
   for x, y in zip(xs, ys):
-    key = _same_data_key(x, y)
+    ids = (id(x), id(y))
+    key = keys[ids] if ids in keys else keys.setdefault(ids, _same_data_key(x, y))
     if key is None or key not in prepared:
       prepared[key] = _points(x, y, config.max_points, dtype)
     data.append(prepared[key])
@@ -591,14 +607,16 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   # One shape for the whole call (one compiled program). Slots refilled together
   # should need as many point chunks and nodes: sort by both, largest first, so the
   # last slots to finish run short programs.
+  nodes = [compiler.num_operator_nodes(p) for p in prefixes]
+  has_points = {id(d): d[2].any() for d in data}
   members = sorted(
-      (e for e, (i, _) in enumerate(entries) if data[i][2].any()),
+      (e for e, (i, _) in enumerate(entries) if has_points[id(data[i])]),
       key=lambda e: (-(-len(data[entries[e][0]][1]) // _point_chunk(num_points)),
-                     -compiler.num_operator_nodes(prefixes[entries[e][0]])))
+                     -nodes[entries[e][0]]))
   outputs = {}  # entry -> (constants, loss, converged, iterations)
   if members:
-    num_nodes = compiler.bucket(max(compiler.num_operator_nodes(prefixes[entries[e][0]])
-                                    for e in members), compiler.CALL_NODE_BUCKETS)
+    num_nodes = compiler.bucket(max(nodes[entries[e][0]] for e in members),
+                                compiler.CALL_NODE_BUCKETS)
     num_constants = compiler.bucket(max(max(entries[e][1].size for e in members), 1),
                                     compiler.CALL_CONSTANT_BUCKETS)
 
