@@ -18,7 +18,8 @@ the same wall-clock seconds per dataset (--budgets):
   settings (population and pool 500, length <= 50, 10 LM iterations, linear scaling).
 Pin each process to its own core (taskset) to compare one core against one core.
 
-Metrics per (suite, system, budget): test R2 > 0.99 and > 0.999 rates, SRBench's
+Metrics per (suite, system, budget), pooled over --seeds (each seed its own split, pipeline
+and Operon run): test R2 > 0.99 and > 0.999 rates, SRBench's
 symbolic-solution rate (sympy, 20 s per check), median SRBench model size, and
 datasets/s (all datasets of a suite run through sr_jax's pipeline in one batched call;
 Operon fits one at a time). Rows go to --out/results.jsonl as they finish; a rerun skips
@@ -70,15 +71,15 @@ def _random_proposer(seed: int, count: int):
   return propose
 
 
-def _sr_jax_rows(system, model, problems, budget, args, model_seconds=0.0):
+def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0):
   """model_seconds: what the model stages (decoding, refinement) took per dataset on
   this suite without search; the search gets the rest of the budget, so that the
   whole pipeline spends about `budget` seconds per dataset."""
-  splits = [metrics.srbench_split(p.x, p.y, args.seed) for p in problems]
+  splits = [metrics.srbench_split(p.x, p.y, seed) for p in problems]
   search_time = max(0.1 * budget, budget - model_seconds)
   config = inference.InferenceConfig(search_time=0.0 if system == "model_only" else search_time,
-                                     max_bags=args.max_bags, seed=args.seed)
-  propose = _random_proposer(args.seed, config.num_candidates + 1) if system == "random" else None
+                                     max_bags=args.max_bags, seed=seed)
+  propose = _random_proposer(seed, config.num_candidates + 1) if system == "random" else None
   begin = time.perf_counter()
   output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
                          propose=propose)
@@ -93,17 +94,17 @@ def _sr_jax_rows(system, model, problems, budget, args, model_seconds=0.0):
   return rows
 
 
-def _operon_rows(problems, budget, args):
+def _operon_rows(problems, budget, seed):
   from pyoperon.sklearn import SymbolicRegressor
   rows = []
   for problem in problems:
-    x_train, y_train, x_test, y_test = metrics.srbench_split(problem.x, problem.y, args.seed)
+    x_train, y_train, x_test, y_test = metrics.srbench_split(problem.x, problem.y, seed)
     regressor = SymbolicRegressor(
         allowed_symbols="add,sub,mul,div,constant,variable,sin,cos,exp,log,sqrt,square",
         max_length=50, population_size=500, pool_size=500, optimizer_iterations=10,
         n_threads=1, max_time=max(1, round(budget)), generations=10 ** 6,
         max_evaluations=10 ** 9,
-        random_state=args.seed)
+        random_state=seed)
     begin = time.perf_counter()
     try:
       regressor.fit(x_train, y_train)
@@ -126,7 +127,8 @@ def run(args) -> None:
   done = set()
   if os.path.exists(path):
     with open(path) as f:
-      done = {(r["suite"], r["system"], r["budget"], r["name"]) for r in map(json.loads, f)}
+      done = {(r["suite"], r["system"], r["budget"], r["name"], r.get("seed", 0))
+              for r in map(json.loads, f)}
   model = None
   if set(args.systems) & {"sr_jax", "model_only"}:
     model = inference.load_model(args.pretrained)
@@ -141,31 +143,41 @@ def run(args) -> None:
   with suite_runner._SymbolicChecker(20.0) as checker, open(path, "a") as out:
     for suite, items in problems.items():
       for budget in args.budgets:
-        for system in args.systems:
-          if system == "model_only" and budget != args.budgets[0]:
-            continue  # budget-independent: once
-          todo = [p for p in items if (suite, system, budget, p.name) not in done]
-          if not todo:
-            continue
-          rows = (_operon_rows(todo, budget, args) if system == "operon" else
-                  _sr_jax_rows(system, model, todo, budget, args,
-                               model_seconds.get(suite, 0.0)))
-          if system == "model_only":
-            model_seconds[suite] = float(np.mean([r[3] for r in rows]))
-          for problem, model_string, r2, seconds in rows:
-            record = {"suite": suite, "system": system, "budget": budget,
-                      "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
-                      "model": model_string, "seconds": seconds}
-            try:
-              record["model_size"] = metrics.model_size(model_string, problem.feature_names)
-            except Exception:  # an unparsable string counts as no size
-              record["model_size"] = None
-            if problem.formula is not None and suite != "in_domain" and model_string:
-              record["symbolic"] = checker.check(model_string, problem.formula,
-                                                 problem.feature_names, r2, 100).solved
-            out.write(json.dumps(record) + "\n")
-          out.flush()
-          print(f"{suite} {system} budget {budget}: {len(rows)} datasets done", flush=True)
+        for seed in args.seeds:
+          for system in args.systems:
+            if system == "model_only" and budget != args.budgets[0]:
+              continue  # budget-independent: once per seed
+            _run_rows(suite, system, budget, seed, items, done, model, model_seconds,
+                      args, checker, out)
+
+
+def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, args,
+              checker, out) -> None:
+  """One (suite, system, budget, seed) cell: its datasets not in `done`, appended to
+  `out` as they finish."""
+  todo = [p for p in items if (suite, system, budget, p.name, seed) not in done]
+  if not todo:
+    return
+  rows = (_operon_rows(todo, budget, seed) if system == "operon" else
+          _sr_jax_rows(system, model, todo, budget, args, seed,
+                       model_seconds.get(suite, 0.0)))
+  if system == "model_only":
+    model_seconds[suite] = float(np.mean([r[3] for r in rows]))
+  for problem, model_string, r2, seconds in rows:
+    record = {"suite": suite, "system": system, "budget": budget, "seed": seed,
+              "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
+              "model": model_string, "seconds": seconds}
+    try:
+      record["model_size"] = metrics.model_size(model_string, problem.feature_names)
+    except Exception:  # an unparsable string counts as no size
+      record["model_size"] = None
+    if problem.formula is not None and suite != "in_domain" and model_string:
+      record["symbolic"] = checker.check(model_string, problem.formula,
+                                         problem.feature_names, r2, 100).solved
+    out.write(json.dumps(record) + "\n")
+  out.flush()
+  print(f"{suite} {system} budget {budget} seed {seed}: {len(rows)} datasets done",
+        flush=True)
 
 
 def report(out_dir: str) -> str:
@@ -177,19 +189,21 @@ def report(out_dir: str) -> str:
   with open(os.path.join(out_dir, "results.jsonl")) as f:
     frame = pd.DataFrame([json.loads(line) for line in f])
   frame["r2"] = frame["test_r2"].astype(float).fillna(-np.inf)
+  frame["seed"] = frame["seed"].fillna(0).astype(int) if "seed" in frame else 0
   if "symbolic" not in frame:
     frame["symbolic"] = np.nan
   table = frame.groupby(["suite", "system", "budget"]).agg(
-      datasets=("name", "size"), r2_99=("r2", lambda r: np.mean(r > 0.99)),
+      datasets=("name", "nunique"), seeds=("seed", "nunique"), r2_99=("r2", lambda r: np.mean(r > 0.99)),
       r2_999=("r2", lambda r: np.mean(r > 0.999)),
       symbolic=("symbolic", lambda s: s.dropna().astype(float).mean() if s.notna().any()
                 else np.nan),
       median_size=("model_size", "median"), seconds=("seconds", "mean")).reset_index()
   table["datasets_per_s"] = 1 / table["seconds"]
-  lines = ["| suite | system | s/dataset budget | datasets | R2>0.99 | R2>0.999 | symbolic | "
-           "median size | datasets/s |", "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| suite | system | s/dataset budget | datasets | seeds | R2>0.99 | R2>0.999 | "
+           "symbolic | median size | datasets/s |", "|---|---|---|---|---|---|---|---|---|---|"]
   for row in table.itertuples():
     lines.append(f"| {row.suite} | {row.system} | {row.budget:g} | {row.datasets} | "
+                 f"{row.seeds} | "
                  f"{row.r2_99:.3f} | {row.r2_999:.3f} | {row.symbolic:.3f} | "
                  f"{row.median_size:.0f} | {row.datasets_per_s:.2f} |")
   suites_seen = sorted(table["suite"].unique())
@@ -227,7 +241,9 @@ def main():
   # which leaves the search the rest of a short budget.
   parser.add_argument("--max_bags", type=int, default=3)
   parser.add_argument("--pretrained", default="default")
-  parser.add_argument("--seed", type=int, default=0)
+  # Seeds of the SRBench split, the pipeline and Operon: every cell runs once per seed
+  # and the table pools them (Strogatz's 14 problems swing by 2-3 solved across seeds).
+  parser.add_argument("--seeds", default="0")
   parser.add_argument("--report", action="store_true", help="only summarise --out")
   args = parser.parse_args()
   if not args.report:
@@ -237,6 +253,7 @@ def main():
       raise SystemExit(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
     args.suites = args.suites.split(",")
     args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
     run(args)
   print(report(args.out))
 

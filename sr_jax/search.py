@@ -88,7 +88,7 @@ class SearchResult:
   front: tuple[Individual, ...]  # Pareto front, simplest first
   best: Individual | None  # lowest nmse + parsimony * complexity; None: nothing finite
   generations: int
-  evaluated: int  # offspring refined and scored
+  evaluated: int  # formulas of this dataset refined and scored (its start included)
 
 
 def affine(prefix: Sequence) -> list:
@@ -228,7 +228,7 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
   for d, individuals in zip(datasets, evaluated):
     d.population = _select(individuals, config, d.rng)
     d.front = _pareto(individuals, config.archive)
-  count = sum(len(e) for e in evaluated)
+  counts = [len(d.start) for d in datasets]
   generations = 0
   last = clock.seconds()
   while True:
@@ -249,13 +249,13 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
     for d, individuals in zip(datasets, evaluated):
       d.population = _select(d.population + individuals, config, d.rng)
       d.front = _pareto(d.front + individuals, config.archive)
-    count += sum(len(e) for e in evaluated)
+    counts = [n + len(c) for n, c in zip(counts, chosen)]
     generations += 1
     last = generation_clock.seconds()
   return [SearchResult(tuple(d.unstandardise(i) for i in d.front),
                        d.unstandardise(min(d.population, key=lambda i: _fitness(i, config),
                                            default=None)),
-                       generations, count) for d in datasets]
+                       generations, n) for d, n in zip(datasets, counts)]
 
 
 def _screen(datasets: list[_Dataset], children: list[list], config: SearchConfig

@@ -165,6 +165,11 @@ def test_a_dataset_with_nothing_finite_sits_the_search_out(planted, monkeypatch)
                        search.SearchConfig(generations=2), None)
   assert results[0].best is not None and results[0].generations == 2
   assert results[1].best is None and results[1].front == ()
+  # Each dataset counts its own formulas: its start, then `offspring` per generation
+  # while it has parents.
+  config = search.SearchConfig()
+  assert results[0].evaluated == config.population + 2 * config.offspring
+  assert results[1].evaluated == config.population
 
 
 def test_compilation_is_left_out_of_the_time_budget(planted, monkeypatch):
