@@ -8,7 +8,8 @@
 Systems, each given the same SRBench split (75/25, training capped at 10,000 rows) and
 the same wall-clock seconds per dataset (--budgets):
 - sr_jax: the shipped model (or --pretrained) reading --max_bags bags of 200 points
-  (3; E2E reads 10), then search for the rest of the budget
+  (3; E2E reads 10), its candidates ranked on --max_score_points training points
+  (2,000, as the regressor), then search for the rest of the budget
   (budget minus what decoding and refinement took per dataset in model_only, run
   first), so that the whole pipeline spends about the budget per dataset;
 - random: the same pipeline and search, seeded with random formulas instead of the
@@ -78,7 +79,8 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
   splits = [metrics.srbench_split(p.x, p.y, seed) for p in problems]
   search_time = max(0.1 * budget, budget - model_seconds)
   config = inference.InferenceConfig(search_time=0.0 if system == "model_only" else search_time,
-                                     max_bags=args.max_bags, seed=seed)
+                                     max_bags=args.max_bags,
+                                     max_score_points=args.max_score_points, seed=seed)
   propose = _random_proposer(seed, config.num_candidates + 1) if system == "random" else None
   begin = time.perf_counter()
   output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
@@ -240,6 +242,9 @@ def main():
   # alone took 0.62 s per dataset instead of 2.16 s, at the same R2 (BENCHMARKS.md),
   # which leaves the search the rest of a short budget.
   parser.add_argument("--max_bags", type=int, default=3)
+  # The regressor's default (E2E: all training points, up to 10,000): ranking on 10,000
+  # points took a third of the model stages' time on Feynman (BENCHMARKS.md).
+  parser.add_argument("--max_score_points", type=int, default=2_000)
   parser.add_argument("--pretrained", default="default")
   # Seeds of the SRBench split, the pipeline and Operon: every cell runs once per seed
   # and the table pools them (Strogatz's 14 problems swing by 2-3 solved across seeds).

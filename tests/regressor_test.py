@@ -148,3 +148,18 @@ def test_search_is_on_by_default_and_its_pareto_front_is_the_table():
   assert chosen.index.item() == penalized.idxmax()
   again = _fast(search_generations=8, selection="penalized").fit(X, y)
   assert again.model() == est.model()  # a generation count reproduces the result
+
+
+def test_candidates_are_ranked_on_a_subset_of_max_score_points_rows():
+  """The regressor ranks on 2,000 rows by default (E2E: all, up to 10,000); the subset
+  is what the candidates' reported MSE is measured on."""
+  assert SymbolicTransformerRegressor().get_params()["max_score_points"] == 2_000
+  rng = np.random.default_rng(3)
+  x = rng.uniform(1, 2, size=(250, 1))
+  y = 2.5 * x[:, 0] + 1
+  result = _fast(max_score_points=60).fit(x, y).result_
+  assert any("ranked on a random 60" in note for note in result.notes)
+  # The reported MSE is a mean over 60 of the 250 rows: between the means of the 60
+  # smallest and the 60 largest squared errors.
+  errors = np.sort((result.predict(x) - y) ** 2)
+  assert errors[:60].mean() * (1 - 1e-9) <= result.best.mse <= errors[-60:].mean() * (1 + 1e-9)
