@@ -305,7 +305,8 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
 
   With a model, decoding runs in a worker thread ahead of the rest: while the bags of
   one group of datasets decode, the previous group is parsed, ranked and refined
-  (the stages overlap; on a 2-core CPU that saved 30% of the wall time).
+  (the stages overlap; on a 2-core CPU that saved 30% of the wall time). The search,
+  whose budget is wall clock, starts only once every bag is decoded.
   `propose(bags) -> list of candidate lists` replaces the model's decoding, where
   `bags` is a list of (dataset index, standardised X, y); it exists so the rest of the
   pipeline can be tested with known candidates. `progress(datasets_done)` is called
@@ -339,7 +340,7 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
         clock.lap(None)  # waiting for the decoder is not a stage of this thread
       results += _finish_group([prepared[i] for i in group],
                                [bags[b][0] - group.start for b in bag_range], proposals,
-                               config, clock)
+                               config, clock, decoder.wait_all if decoder else None)
       if progress is not None:
         progress(len(results))
   finally:
@@ -349,9 +350,11 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
 
 
 def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: list,
-                  config: InferenceConfig, clock: _Clock) -> list[DatasetResult]:
+                  config: InferenceConfig, clock: _Clock,
+                  before_search: Callable[[], None] | None = None) -> list[DatasetResult]:
   """Parses, ranks, refines and selects the candidates of some datasets; a bag's
-  proposals are None when the time budget stopped decoding before it."""
+  proposals are None when the time budget stopped decoding before it. before_search
+  runs before the search stage (run: waiting for the decoder)."""
   candidates: list[list] = [[] for _ in prepared]
   num_decoded = [0] * len(prepared)
   num_invalid = [0] * len(prepared)
@@ -374,7 +377,7 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: li
   clock.lap("parse")
 
   with jax.enable_x64(config.float64):
-    table = _rank_refine_select(prepared, candidates, config, clock)
+    table = _rank_refine_select(prepared, candidates, config, clock, before_search)
   results = []
   for i, p in enumerate(prepared):
     rows, front, duplicates = table[i]
@@ -411,7 +414,8 @@ def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys:
 
 
 def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
-                        config: InferenceConfig, clock: _Clock):
+                        config: InferenceConfig, clock: _Clock,
+                        before_search: Callable[[], None] | None = None):
   """Per dataset: (ranked Candidates, their Pareto front, number of skeleton
   duplicates)."""
   points = [_score_points(p) for p in prepared]
@@ -441,6 +445,12 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
   clock.lap("refine")
 
   if (config.search_time > 0 or config.search.generations) and not clock.expired():
+    # The search's budget is wall clock: decoding the next group beside it on the same
+    # cores would take CPU from it (on all 117 Feynman problems at 2 s the random-seeded
+    # search, which decodes nothing, was ahead of the model-seeded one; BENCHMARKS.md).
+    if before_search is not None:
+      before_search()
+      clock.lap(None)  # waiting for the decoder is not a stage of this thread
     _search_into(pools, prepared, xs, ys, config, clock)
   clock.lap("search")
 
@@ -548,6 +558,11 @@ class _Decoder:
       chunk = self.chunks[b // self.batch].result()
       out.append(None if chunk is None else chunk[b % self.batch])
     return out
+
+  def wait_all(self) -> None:
+    """Returns once every chunk is decoded (or skipped); raises what decoding raised."""
+    for chunk in self.chunks:
+      chunk.result()
 
   def close(self) -> None:
     self.pool.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,8 @@
 through the real scaling, scoring, de-duplication, refinement and selection; the scaling
 round trip is exact; bad inputs and bad candidates are named, never hang."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -238,3 +240,42 @@ def test_complexity_counts_the_returned_formula():
                                                  1.0, "x_1"], ["x_0"]] for _ in bags])
   for candidate in output.results[0].candidates:
     assert candidate.complexity == len(candidate.prefix)
+
+
+def test_the_search_waits_until_every_bag_is_decoded(monkeypatch):
+  """The search's budget is wall clock: decoding beside it would take its CPU. Every
+  group's search starts only once all decoding is done."""
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(5)
+  datasets = [(rng.normal(size=(30, 1)), rng.normal(size=30)) for _ in range(20)]
+  decoders, undecoded_at_search = [], []
+  init = inference._Decoder.__init__
+  monkeypatch.setattr(inference._Decoder, "__init__",
+                      lambda self, *a, **k: decoders.append(self) or init(self, *a, **k))
+  run_search = inference.search.run
+  def search_run(*args, **kwargs):
+    undecoded_at_search.append(sum(not c.done() for c in decoders[-1].chunks))
+    searched.set()
+    return run_search(*args, **kwargs)
+  monkeypatch.setattr(inference.search, "run", search_run)
+  searched = threading.Event()
+  decode_chunk = inference._Decoder._decode_chunk
+  def slow_decode_chunk(self, index, begin):
+    # The last chunk waits for a search to start (5 s at most): without the wait
+    # before searching, the first group's search starts while it is undecoded.
+    if index == (len(self.bags) - 1) // self.batch:
+      searched.wait(5.0)
+    return decode_chunk(self, index, begin)
+  monkeypatch.setattr(inference._Decoder, "_decode_chunk", slow_decode_chunk)
+  monkeypatch.setattr(inference, "_GROUP", 8)
+  config = inference.InferenceConfig(
+      num_candidates=2, max_len=16, num_refine=1, max_bags=1, decode_batch=1,
+      search=inference.search.SearchConfig(generations=1, population=8, offspring=4,
+                                           refined=4))
+  output = inference.run(model, datasets, config)
+  # Chunks of at most 8 bags (a multiple of the device count), 3 groups of <= 8
+  # datasets: without the wait, later chunks would still be decoding.
+  assert len(decoders[-1].chunks) >= 3
+  assert undecoded_at_search == [0, 0, 0]
+  assert all(any(c.source == "search" for c in r.candidates) or r.front
+             for r in output.results)
