@@ -195,7 +195,8 @@ def report(out_dir: str) -> str:
   if "symbolic" not in frame:
     frame["symbolic"] = np.nan
   table = frame.groupby(["suite", "system", "budget"]).agg(
-      datasets=("name", "nunique"), seeds=("seed", "nunique"), r2_99=("r2", lambda r: np.mean(r > 0.99)),
+      datasets=("name", "nunique"), seeds=("seed", "nunique"),
+      r2_99=("r2", lambda r: np.mean(r > 0.99)),
       r2_999=("r2", lambda r: np.mean(r > 0.999)),
       symbolic=("symbolic", lambda s: s.dropna().astype(float).mean() if s.notna().any()
                 else np.nan),

@@ -446,8 +446,8 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
 
   if (config.search_time > 0 or config.search.generations) and not clock.expired():
     # The search's budget is wall clock: decoding the next group beside it on the same
-    # cores would take CPU from it (on all 117 Feynman problems at 2 s the random-seeded
-    # search, which decodes nothing, was ahead of the model-seeded one; BENCHMARKS.md).
+    # cores would take the CPU its clock counts. (On 117 Feynman problems at 2 s this
+    # measured no change in accuracy, 64 of 117 either way; BENCHMARKS.md.)
     if before_search is not None:
       before_search()
       clock.lap(None)  # waiting for the decoder is not a stage of this thread

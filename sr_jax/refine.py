@@ -588,7 +588,9 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   data = []
   for x, y in zip(xs, ys):
     ids = (id(x), id(y))
-    key = keys[ids] if ids in keys else keys.setdefault(ids, _same_data_key(x, y))
+    if ids not in keys:
+      keys[ids] = _same_data_key(x, y)
+    key = keys[ids]
     if key is None or key not in prepared:
       prepared[key] = _points(x, y, config.max_points, dtype)
     data.append(prepared[key])
