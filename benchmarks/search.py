@@ -21,8 +21,9 @@ Pin each process to its own core (taskset) to compare one core against one core.
 
 Metrics per (suite, system, budget), pooled over --seeds (each seed its own split, pipeline
 and Operon run): test R2 > 0.99 and > 0.999 rates, SRBench's
-symbolic-solution rate (sympy, 20 s per check), median SRBench model size, and
-datasets/s (all datasets of a suite run through sr_jax's pipeline in one batched call;
+symbolic-solution rate (sympy, 20 s per check), median SRBench model size, the
+median number of search generations (sr_jax's), and datasets/s (all datasets of a
+suite run through sr_jax's pipeline in one batched call;
 Operon fits one at a time). Rows go to --out/results.jsonl as they finish; a rerun skips
 what is there.
 """
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import time
 
@@ -92,8 +94,14 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
     with np.errstate(all="ignore"):
       r2 = metrics.r2(y_test, result.predict(x_test))
     rows.append((problem, expressions.model_string(list(result.best.prefix), names), r2,
-                 seconds / len(problems)))
+                 seconds / len(problems), _generations(result.notes)))
   return rows
+
+
+def _generations(notes: list[str]) -> int | None:
+  """The search's generation count from the pipeline's note (None: no search)."""
+  found = [re.match(r"search: (\d+) generations", note) for note in notes]
+  return next((int(m.group(1)) for m in found if m), None)
 
 
 def _operon_rows(problems, budget, seed):
@@ -112,14 +120,14 @@ def _operon_rows(problems, budget, seed):
       regressor.fit(x_train, y_train)
     except ValueError as error:  # pyoperon scores its front with sklearn, which refuses inf
       print(f"operon failed on {problem.name}: {error}", flush=True)
-      rows.append((problem, "", np.nan, time.perf_counter() - begin))  # counts as a miss
+      rows.append((problem, "", np.nan, time.perf_counter() - begin, None))  # a miss
       continue
     seconds = time.perf_counter() - begin
     with np.errstate(all="ignore"):
       r2 = metrics.r2(y_test, regressor.predict(x_test))
     names = problem.feature_names
     model = regressor.get_model_string(regressor.model_, 12, names=list(names))
-    rows.append((problem, model, r2, seconds))
+    rows.append((problem, model, r2, seconds, None))
   return rows
 
 
@@ -165,10 +173,10 @@ def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, ar
                        model_seconds.get(suite, 0.0)))
   if system == "model_only":
     model_seconds[suite] = float(np.mean([r[3] for r in rows]))
-  for problem, model_string, r2, seconds in rows:
+  for problem, model_string, r2, seconds, generations in rows:
     record = {"suite": suite, "system": system, "budget": budget, "seed": seed,
               "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
-              "model": model_string, "seconds": seconds}
+              "model": model_string, "seconds": seconds, "generations": generations}
     try:
       record["model_size"] = metrics.model_size(model_string, problem.feature_names)
     except Exception:  # an unparsable string counts as no size
@@ -192,23 +200,28 @@ def report(out_dir: str) -> str:
     frame = pd.DataFrame([json.loads(line) for line in f])
   frame["r2"] = frame["test_r2"].astype(float).fillna(-np.inf)
   frame["seed"] = frame["seed"].fillna(0).astype(int) if "seed" in frame else 0
-  if "symbolic" not in frame:
-    frame["symbolic"] = np.nan
+  for column in ("symbolic", "generations"):
+    if column not in frame:
+      frame[column] = np.nan
   table = frame.groupby(["suite", "system", "budget"]).agg(
       datasets=("name", "nunique"), seeds=("seed", "nunique"),
       r2_99=("r2", lambda r: np.mean(r > 0.99)),
       r2_999=("r2", lambda r: np.mean(r > 0.999)),
       symbolic=("symbolic", lambda s: s.dropna().astype(float).mean() if s.notna().any()
                 else np.nan),
-      median_size=("model_size", "median"), seconds=("seconds", "mean")).reset_index()
+      median_size=("model_size", "median"), seconds=("seconds", "mean"),
+      generations=("generations", lambda g: g.dropna().median() if g.notna().any()
+                   else np.nan)).reset_index()
   table["datasets_per_s"] = 1 / table["seconds"]
   lines = ["| suite | system | s/dataset budget | datasets | seeds | R2>0.99 | R2>0.999 | "
-           "symbolic | median size | datasets/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "symbolic | median size | datasets/s | generations |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in table.itertuples():
     lines.append(f"| {row.suite} | {row.system} | {row.budget:g} | {row.datasets} | "
                  f"{row.seeds} | "
                  f"{row.r2_99:.3f} | {row.r2_999:.3f} | {row.symbolic:.3f} | "
-                 f"{row.median_size:.0f} | {row.datasets_per_s:.2f} |")
+                 f"{row.median_size:.0f} | {row.datasets_per_s:.2f} | "
+                 f"{'-' if np.isnan(row.generations) else f'{row.generations:.0f}'} |")
   suites_seen = sorted(table["suite"].unique())
   figure, axes = plt.subplots(1, len(suites_seen), figsize=(5 * len(suites_seen), 4),
                               squeeze=False)

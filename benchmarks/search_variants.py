@@ -8,7 +8,7 @@ of what else runs on it (a time budget would not), so settings can be compared o
 machine. Each run: the shipped model's candidates (or random formulas with
 --random_seeds, as benchmarks/search.py's `random` system) seed the search on the first
 --max_datasets problems of each suite (Strogatz has 14; Feynman is SRBench's list),
-SRBench's split; prints and appends to --out one line per suite: test R2 > 0.99 and
+SRBench's split, at each of --seeds (pooled); prints and appends to --out one line per suite: test R2 > 0.99 and
 > 0.999 rates and the seconds.
 """
 
@@ -46,22 +46,29 @@ def main(argv=None) -> None:
   parser.add_argument("--random_seeds", action="store_true")
   parser.add_argument("--suites", default="strogatz,feynman")
   parser.add_argument("--max_datasets", type=int, default=30)
+  parser.add_argument("--seeds", default="0",
+                      help="comma-separated; each its own split, pipeline and search "
+                      "stream, pooled into one line per suite")
   parser.add_argument("--out", default="runs/search_variants.jsonl")
   args = parser.parse_args(argv)
   overrides = parse_variant(args.variant)
-  config = inference.InferenceConfig(
-      search=dataclasses.replace(search.SearchConfig(), generations=args.generations,
-                                 **overrides), seed=0)
+  seeds = [int(s) for s in args.seeds.split(",")]
   model = None if args.random_seeds else inference.load_model(None)
-  propose = (search_bench._random_proposer(0, config.num_candidates + 1)
-             if args.random_seeds else None)
   problems = search_bench._problems(args.suites.split(","), 50, args.max_datasets)
   for suite, items in problems.items():
     begin = time.perf_counter()
-    r2 = suite_runner.test_r2(model, items, config, propose=propose)
+    r2 = []
+    for seed in seeds:
+      config = inference.InferenceConfig(
+          search=dataclasses.replace(search.SearchConfig(), generations=args.generations,
+                                     seed=seed, **overrides), seed=seed)
+      propose = (search_bench._random_proposer(seed, config.num_candidates + 1)
+                 if args.random_seeds else None)
+      r2.append(suite_runner.test_r2(model, items, config, seed, propose=propose))
     seconds = time.perf_counter() - begin
-    r2 = np.nan_to_num(r2, nan=-np.inf)
-    line = {"suite": suite, "datasets": len(items), "generations": args.generations,
+    r2 = np.nan_to_num(np.concatenate(r2), nan=-np.inf)
+    line = {"suite": suite, "datasets": len(items), "run_seeds": seeds,
+            "generations": args.generations,
             "variant": overrides, "seeds": "random" if args.random_seeds else "model",
             "r2_above_0.99": float(np.mean(r2 > 0.99)),
             "r2_above_0.999": float(np.mean(r2 > 0.999)), "seconds": round(seconds, 1)}

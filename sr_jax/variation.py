@@ -65,24 +65,17 @@ def _arity(token) -> int:
   return _ARITY.get(token, 0) if token.__class__ is str else 0
 
 
-def subtree_ends(prefix: Sequence) -> list[int]:
-  """end[i]: the index just after the subtree that starts at token i."""
-  ends = [0] * len(prefix)
-  stack = []  # (start, operands still missing)
+def subtree_end(prefix: Sequence, start: int) -> int:
+  """The index just after the subtree that starts at token `start`: a scan of that
+  subtree only (mutation points are mostly near the leaves, so it is short)."""
+  missing = 1  # operands still to read
   arities = _ARITY
-  for i, token in enumerate(prefix):
-    arity = arities.get(token, 0) if token.__class__ is str else 0
-    if arity:
-      stack.append([i, arity])
-      continue
-    ends[i] = i + 1
-    while stack:  # a finished operand: close every operator it completes
-      stack[-1][1] -= 1
-      if stack[-1][1]:
-        break
-      start, _ = stack.pop()
-      ends[start] = i + 1
-  return ends
+  for i in range(start, len(prefix)):
+    token = prefix[i]
+    missing += (arities.get(token, 0) if token.__class__ is str else 0) - 1
+    if not missing:
+      return i + 1
+  raise ValueError(f"prefix ends inside the subtree at {start}: {prefix}")
 
 
 class Variation:
@@ -160,13 +153,12 @@ class Variation:
   def _node(self, prefix: Prefix, where=None) -> tuple[int, int]:
     """A random token position (optionally one `where(token)` accepts) and the end of
     its subtree; (-1, -1) when none qualifies."""
-    ends = subtree_ends(prefix)
     positions = range(len(prefix)) if where is None else [
         i for i, t in enumerate(prefix) if where(t)]
     if not positions:
       return -1, -1
     i = self.rng.choice(positions)
-    return i, ends[i]
+    return i, subtree_end(prefix, i)
 
   def _subtree(self, parent: Prefix) -> Prefix:
     i, end = self._node(parent)

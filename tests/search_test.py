@@ -49,8 +49,11 @@ def test_each_mutation_changes_what_it_says():
   assert [t for t in v._constants(parent) if isinstance(t, str)] == [
       t for t in parent if isinstance(t, str)]
   assert v._remove_unary(["add", 1.0, "x_0"]) is None  # nothing to remove
-  ends = variation.subtree_ends(parent)
-  assert ends[0] == len(parent) and ends[4] == len(parent) and ends[1] == 2
+  assert variation.subtree_end(parent, 0) == len(parent)
+  assert variation.subtree_end(parent, 4) == len(parent)
+  assert variation.subtree_end(parent, 1) == 2 and variation.subtree_end(parent, 3) == 4
+  with pytest.raises(ValueError, match="ends inside"):
+    variation.subtree_end(["add", "x_0"], 0)
 
 
 @settings(max_examples=40, deadline=None)
@@ -88,13 +91,15 @@ def planted():
 PROPOSAL = ["add", 0.1, "add", "mul", "x_0", "x_1", "sin", "x_2"]
 
 
-def test_planted_formula_one_mutation_away_is_found(planted):
+@pytest.mark.parametrize("islands", [1, 2])
+def test_planted_formula_one_mutation_away_is_found(planted, islands):
   x, y, seed = planted
-  dataset = search._Dataset(x[:128], y[:128], [seed], 3, search.SearchConfig())
+  dataset = search._Island(search._Points(x[:128], y[:128]), [seed], random.Random(3),
+                           search.SearchConfig())
   refined_seed = search._evaluate([dataset], [dataset.start[:1]],
                                   search.SearchConfig(lm_iters=100))[0][0]
   assert refined_seed.nmse > 1e-6  # refinement alone cannot turn sin into exp
-  config = search.SearchConfig(generations=150, seed=0)
+  config = search.SearchConfig(generations=150, seed=0, islands=islands)
   (result,) = search.run([[seed]], [x], [y], [7], config, None)
   assert result.best.nmse < 1e-9
   assert result.generations == 150
@@ -120,16 +125,39 @@ def test_offspring_are_screened_only_when_some_are_left_out(planted, monkeypatch
   assert result.generations == 2 and np.isfinite(result.best.nmse)
 
 
-def test_search_is_never_worse_than_its_seeds_and_is_reproducible(planted):
+@pytest.mark.parametrize("islands", [1, 2])
+def test_search_is_never_worse_than_its_seeds_and_is_reproducible(planted, islands):
   x, y, seed = planted
-  dataset = search._Dataset(x[:128], y[:128], [seed], 3, search.SearchConfig())
+  dataset = search._Island(search._Points(x[:128], y[:128]), [seed], random.Random(3),
+                           search.SearchConfig())
   refined_seed = search._evaluate([dataset], [dataset.start[:1]], search.SearchConfig())[0][0]
-  config = search.SearchConfig(generations=3, seed=2)
+  config = search.SearchConfig(generations=3, seed=2, islands=islands)
   first = search.run([[seed]], [x], [y], [3], config, None)[0]
   again = search.run([[seed]], [x], [y], [3], config, None)[0]
   assert first == again  # the same individuals, constants bit for bit
   assert first.best.nmse <= refined_seed.nmse
   assert min(f.nmse for f in first.front) <= refined_seed.nmse
+
+
+def test_only_island_0_starts_from_the_seeds(planted, monkeypatch):
+  """The other islands start from random formulas only, so the seeds cannot crowd out
+  a search for another form there; population and offspring are split between the
+  islands (equal work per dataset)."""
+  x, y, seed = planted
+  made = []
+  island = search._Island
+  monkeypatch.setattr(search, "_Island", lambda *args: made.append(island(*args)) or made[-1])
+  config = search.SearchConfig(generations=2, islands=2)
+  (result,) = search.run([[seed]], [x], [y], [3], config, None)
+  first, second = made
+  assert first.points is second.points  # one copy of the data, shared
+  seeded = search.affine(search.reweighted(seed, first.points.x_scale))
+  assert first.start[0] == seeded and seeded not in second.start
+  assert len(first.start) == len(second.start) == config.population // 2
+  assert result.evaluated == config.population + 2 * config.offspring
+  with pytest.raises(ValueError, match="islands"):
+    search.SearchConfig(population=8, elite=4, islands=4)
+  search.SearchConfig(islands=4)  # 16 per island: fine
 
 
 def test_a_time_budget_stops_the_search(planted):
@@ -145,7 +173,7 @@ def test_a_dataset_beyond_float32_range_is_searched_and_unscaled(planted):
   """y of order 1e60 overflows float32; the search fits standardised y, so it finds the
   planted formula there too and hands it back in the dataset's own units."""
   x, y, seed = planted
-  results = search.run([[seed], [seed]], [x, x], [y, y * 1e60], [3, 3],  # same stream
+  results = search.run([[seed], [seed]], [x, x], [y, y * 1e60], [0, 0],  # same stream
                        search.SearchConfig(generations=150), None)
   for result, target in zip(results, (y, y * 1e60)):
     assert result.best.nmse < 1e-9
