@@ -14,7 +14,9 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Iterator
 
@@ -274,12 +276,46 @@ class _Throughput:
             "mfu_real": flops.mfu(self.real_flops, seconds, devices, peak)}
 
 
-def _out_of_time(cfg: TrainConfig, started: float, cpu_started: float) -> bool:
-  """Whether the wall-clock or CPU-time budget is spent; process 0 decides for all
-  (clocks differ)."""
-  if cfg.max_minutes <= 0 and cfg.max_cpu_minutes <= 0:
-    return False
-  stop = ((cfg.max_minutes > 0 and time.time() - started >= 60 * cfg.max_minutes)
+class _StopRequest:
+  """SIGTERM or SIGINT (a scheduler's preemption, `kill`, Ctrl-C): the first one asks
+  the loop to stop after the current step, validated, exported and checkpointed, so
+  nothing is lost; a second one acts as it would without this handler. Installed
+  only from the main thread (Python delivers signals there)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+      return
+    self.requested = True
+    logging.warning("%s: stopping after this step with a checkpoint and the model file "
+                    "written; send it again to stop at once",
+                    signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+def _should_stop(cfg: TrainConfig, started: float, cpu_started: float,
+                 requested: bool) -> bool:
+  """Whether a stop was requested or the wall-clock or CPU-time budget is spent;
+  process 0 decides for all (clocks and signals differ)."""
+  if cfg.max_minutes <= 0 and cfg.max_cpu_minutes <= 0 and jax.process_count() == 1:
+    return requested
+  stop = (requested
+          or (cfg.max_minutes > 0 and time.time() - started >= 60 * cfg.max_minutes)
           or (cfg.max_cpu_minutes > 0
               and time.process_time() - cpu_started >= 60 * cfg.max_cpu_minutes))
   if jax.process_count() > 1:
@@ -292,8 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (resuming from workdir's newest checkpoint if there is one, else warm-starting
   from train.init_from if set), logs, evaluates, checkpoints and exports the model file
   workdir/model.srj at every validation. Stops after num_steps, or at the first step
-  that ends past max_minutes of wall-clock (checkpoint and export written). Returns the
-  last logged metrics."""
+  that ends past max_minutes of wall-clock or after a SIGTERM / SIGINT (checkpoint and
+  export written). Returns the last logged metrics."""
   started, cpu_started = time.time(), time.process_time()
   cfg = RunConfig.from_config_dict(config)
   mesh = sharding.make_mesh(cfg.mesh)
@@ -347,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "device_seconds": history["device_seconds"] + wall * jax.device_count(),
             "cpu_seconds": history["cpu_seconds"] + time.process_time() - cpu_started}
 
-  with jax.set_mesh(mesh):
+  with jax.set_mesh(mesh), _StopRequest() as stop:
     for step in range(start_step, cfg.train.num_steps):
       host_batch = next(batches)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -359,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         totals[key] += value
       pending = (step + 1, metrics)
       done = step + 1
-      final = (done == cfg.train.num_steps or _out_of_time(cfg.train, started, cpu_started)
+      final = (done == cfg.train.num_steps
+               or _should_stop(cfg.train, started, cpu_started, stop.requested)
                or (cfg.train.max_examples > 0 and totals["examples"] >= cfg.train.max_examples)
                or (cfg.train.max_flops > 0 and totals["flops"] >= cfg.train.max_flops))
       if done % cfg.train.eval_every == 0 or final:
@@ -375,8 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True,
                                  work_done=_work_done(cfg.train, totals)))
   if done < cfg.train.num_steps:
-    logging.warning("stopped at step %d of %d: a time or compute budget is spent",
-                    done, cfg.train.num_steps)
+    logging.warning("stopped at step %d of %d: %s", done, cfg.train.num_steps,
+                    "a stop was requested" if stop.requested
+                    else "a time or compute budget is spent")
   progress.close()
   checkpointer.close()
   writer.close()

@@ -4,6 +4,7 @@ resume is bit-exact, checkpoints restore onto another mesh, bad checkpoints are 
 import dataclasses
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -196,6 +197,45 @@ def test_budget_stops_in_time_then_the_same_command_resumes(tmp_path):
   assert finished["loss"] == straight["loss"]
   card = pretrained.card(str(tmp_path / "model.srj"))
   assert card["steps"] == 6 and card["examples"] == 6 * 8
+
+
+def _signalling_batches(monkeypatch, signum, after: int, times: int = 1):
+  """The data iterator, sending `signum` to this process `times` times while the
+  batch of step `after` is fetched."""
+  make_iterator = data.make_iterator
+
+  def batches(*args, **kwargs):
+    for step, batch in enumerate(make_iterator(*args, **kwargs)):
+      if step == after:
+        for _ in range(times):
+          os.kill(os.getpid(), signum)
+      yield batch
+
+  monkeypatch.setattr(data, "make_iterator", batches)
+
+
+def test_sigterm_stops_after_the_step_with_checkpoint_and_model_file(tmp_path,
+                                                                     monkeypatch):
+  """Preemption or `kill` loses nothing: the step in flight finishes, then validation,
+  export and a checkpoint, and the handlers are put back."""
+  before = signal.getsignal(signal.SIGTERM)
+  _signalling_batches(monkeypatch, signal.SIGTERM, after=2)
+  stopped = training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100),
+                                        str(tmp_path))
+  assert "valid_loss" in stopped
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), 100, 3)
+  assert ckpt.latest_step() == 3  # the batch of step index 2 was trained on
+  ckpt.close()
+  assert pretrained.card(str(tmp_path / "model.srj"))["steps"] == 3
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_interrupt_stops_at_once(tmp_path, monkeypatch):
+  before = signal.getsignal(signal.SIGINT)
+  _signalling_batches(monkeypatch, signal.SIGINT, after=1, times=2)
+  with pytest.raises(KeyboardInterrupt):
+    training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100), str(tmp_path))
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
