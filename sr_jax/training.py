@@ -280,7 +280,8 @@ class _StopRequest:
   """SIGTERM or SIGINT (a scheduler's preemption, `kill`, Ctrl-C): the first one asks
   the loop to stop after the current step, validated, exported and checkpointed, so
   nothing is lost; a second one acts as it would without this handler. Installed
-  only from the main thread (Python delivers signals there)."""
+  only from the main thread (Python delivers signals there), and not over a signal the
+  process was started with ignored (`nohup`, a background job's SIGINT)."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -290,7 +291,8 @@ class _StopRequest:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                        if signal.getsignal(s) is not signal.SIG_IGN}
     return self
 
   def _handle(self, signum, frame):

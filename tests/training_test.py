@@ -214,11 +214,22 @@ def _signalling_batches(monkeypatch, signum, after: int, times: int = 1):
   monkeypatch.setattr(data, "make_iterator", batches)
 
 
-def test_sigterm_stops_after_the_step_with_checkpoint_and_model_file(tmp_path,
-                                                                     monkeypatch):
+@pytest.fixture
+def default_signal_handlers():
+  """SIGTERM and SIGINT as in an interactive process (a background job starts with
+  SIGINT ignored, which the stop request leaves alone), restored afterwards."""
+  saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  for s, handler in saved.items():
+    signal.signal(s, handler)
+
+
+def test_sigterm_stops_after_the_step_with_checkpoint_and_model_file(
+    tmp_path, monkeypatch, default_signal_handlers):
   """Preemption or `kill` loses nothing: the step in flight finishes, then validation,
   export and a checkpoint, and the handlers are put back."""
-  before = signal.getsignal(signal.SIGTERM)
   _signalling_batches(monkeypatch, signal.SIGTERM, after=2)
   stopped = training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100),
                                         str(tmp_path))
@@ -227,15 +238,22 @@ def test_sigterm_stops_after_the_step_with_checkpoint_and_model_file(tmp_path,
   assert ckpt.latest_step() == 3  # the batch of step index 2 was trained on
   ckpt.close()
   assert pretrained.card(str(tmp_path / "model.srj"))["steps"] == 3
-  assert signal.getsignal(signal.SIGTERM) is before
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_a_second_interrupt_stops_at_once(tmp_path, monkeypatch):
-  before = signal.getsignal(signal.SIGINT)
+def test_a_second_interrupt_stops_at_once(tmp_path, monkeypatch, default_signal_handlers):
   _signalling_batches(monkeypatch, signal.SIGINT, after=1, times=2)
   with pytest.raises(KeyboardInterrupt):
     training.train_and_evaluate(_config(num_steps=6, checkpoint_every=100), str(tmp_path))
-  assert signal.getsignal(signal.SIGINT) is before
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_signal_stays_ignored(default_signal_handlers):
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  with training._StopRequest():
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # taken over
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
