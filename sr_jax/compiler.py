@@ -141,7 +141,8 @@ def compile_batch(prefixes: Sequence[expressions.Prefix], length: int | None = N
   code_N = np.fromiter(map(_CODE.get, tokens, itertools.repeat(_CONSTANT)), np.int64,
                        len(tokens))
   formula_N = np.repeat(np.arange(batch), sizes_B)
-  starts_N = (np.cumsum(sizes_B) - sizes_B)[formula_N]
+  starts_B = np.cumsum(sizes_B) - sizes_B  # each formula's first flat index
+  starts_N = starts_B[formula_N]
   is_operator = (code_N > 0) & (code_N < _FIRST_VARIABLE)
   is_constant = code_N == _CONSTANT
   num_constants = np.bincount(formula_N[is_constant], minlength=batch).astype(np.int32)
@@ -193,7 +194,7 @@ def compile_batch(prefixes: Sequence[expressions.Prefix], length: int | None = N
   # A lone leaf: the identity node at the root reads it.
   lone = np.nonzero(operators_B == 0)[0]
   if lone.size:
-    leaf = (np.cumsum(sizes_B) - sizes_B)[lone]
+    leaf = starts_B[lone]
     left[lone, length - 1] = right[lone, length - 1] = operand_N[leaf]
     constant_edge[lone[is_constant[leaf]], 0] = 2 * (length - 1)
   return Program(opcode, left, right, edge, constant_edge, constants, num_constants,
