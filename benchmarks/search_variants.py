@@ -28,14 +28,30 @@ import search as search_bench  # noqa: E402  benchmarks/search.py
 
 
 def parse_variant(text: str) -> dict:
-  """'population=256,random_share=0.5' -> SearchConfig overrides, typed like the field."""
+  """'population=256,variation.crossover=0.5,mutation.hoist=1' -> SearchConfig
+  overrides, typed like the field: `variation.F` sets VariationConfig's field F,
+  `mutation.M` the relative frequency of mutation M, `regression_seeds=off` turns
+  those seeds off."""
   defaults = search.SearchConfig()
-  out = {}
+  out, variation_fields, weights = {}, {}, dict(defaults.variation.mutations)
   for item in filter(None, text.split(",")):
     key, _, value = item.partition("=")
-    if not hasattr(defaults, key) or key in ("generations", "variation"):
+    group, _, name = key.partition(".")
+    if group == "mutation" and name in weights:
+      weights[name] = float(value)
+    elif group == "variation" and name not in ("mutations", "binary", "unary") and hasattr(
+        defaults.variation, name):
+      variation_fields[name] = type(getattr(defaults.variation, name))(value)
+    elif key == "regression_seeds" and value == "off":
+      out[key] = None
+    elif hasattr(defaults, key) and key not in ("generations", "variation",
+                                                "regression_seeds"):
+      out[key] = type(getattr(defaults, key))(value)
+    else:
       raise ValueError(f"unknown search setting {key!r}")
-    out[key] = type(getattr(defaults, key))(value)
+  if variation_fields or weights != dict(defaults.variation.mutations):
+    out["variation"] = dataclasses.replace(defaults.variation, **variation_fields,
+                                           mutations=tuple(weights.items()))
   return out
 
 
@@ -69,7 +85,7 @@ def main(argv=None) -> None:
     r2 = np.nan_to_num(np.concatenate(r2), nan=-np.inf)
     line = {"suite": suite, "datasets": len(items), "run_seeds": seeds,
             "generations": args.generations,
-            "variant": overrides, "seeds": "random" if args.random_seeds else "model",
+            "variant": args.variant, "seeds": "random" if args.random_seeds else "model",
             "r2_above_0.99": float(np.mean(r2 > 0.99)),
             "r2_above_0.999": float(np.mean(r2 > 0.999)), "seconds": round(seconds, 1)}
     print(json.dumps(line), flush=True)

@@ -45,8 +45,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   num_refine: top distinct skeletons whose constants are refined (refine_method
   'lm' or 'lbfgs', refine_iters iterations);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
-  with the model's candidates (search.py; 0 turns it off; one-time XLA compilation
-  is not counted, so the first fit in a process searches as long as later ones). The default, 2 s, is the budget at which
+  with the model's candidates and with sums and ratios of a few terms fitted by
+  sparse regression (search.py, sparse_seeds.py; 0 turns it off; one-time XLA
+  compilation is not counted, so the first fit in a process searches as long as
+  later ones). The default, 2 s, is the budget at which
   Operon, the strongest GP baseline, was measured here (BENCHMARKS.md); a
   single fit then takes a few seconds. search_generations > 0 runs exactly that many
   generations instead, which makes the result reproducible bit for bit (a time budget

@@ -22,7 +22,12 @@ started from the proposals (plus a share of random formulas), for a time budget:
   other form within a few generations; when they are the wrong form the search stays
   stuck near them (on all 117 Feynman problems the random-seeded search matched or beat
   the seeded one). Two islands, at equal work per generation, measured +5 points R2 >
-  0.99 on Feynman and Strogatz (BENCHMARKS.md).
+  0.99 on Feynman and Strogatz (BENCHMARKS.md);
+- island 1 also starts from regression seeds (sparse_seeds.py): sums and ratios of a
+  few library terms (x^2, sin(x0 - x1), cos(x1) / x0, ...) and a power law, fitted by
+  least squares on the dataset in one pass. Laws of a few such terms (most Strogatz
+  systems, many Feynman laws) are then held from the start, where mutation would
+  assemble them term by term.
 
 The search takes and returns formulas on the dataset's own features. Inside, y is
 standardised (float32 then holds any finite y; formulas map back through their affine
@@ -51,7 +56,8 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from sr_jax import compile_cache, expressions, operators, refine, selection, variation
+from sr_jax import (compile_cache, expressions, operators, refine, selection, sparse_seeds,
+                    variation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +82,10 @@ class SearchConfig:
   # for a different form. At equal work, R2 > 0.99 with 1 / 2 / 4 islands: Feynman
   # (117, 60 generations) 68 / 74 / 68%, Strogatz (14 x 4 seeds, 300) 82 / 88 / 84%.
   islands: int = 2
+  # Seeds from sparse linear and rational regression on a library of terms
+  # (sparse_seeds.py), given to island 1 (to island 0 beside the proposals when there
+  # is one island); None: none.
+  regression_seeds: sparse_seeds.SparseSeedConfig | None = sparse_seeds.SparseSeedConfig()
   variation: variation.VariationConfig = variation.VariationConfig()
   seed: int = 0
 
@@ -173,6 +183,16 @@ class _Points:
     self.x, self.y = x / self.x_scale, (y - self.shift) / self.scale
     self.variance = float(np.var(self.y)) or 1.0
 
+  def standardise(self, prefix: Sequence) -> list:
+    """A formula for the dataset's y written for the standardised y the search fits:
+    its affine top c0 + c1 * f becomes (c0 - shift) / scale + (c1 / scale) * f, so a
+    seed that fits y starts as well fitted (4 LM iterations from c0 = 0, c1 = 1 left
+    an exact power law at R2 0.75)."""
+    prefix = affine(prefix)
+    prefix[1] = (prefix[1] - self.shift) / self.scale
+    prefix[3] = prefix[3] / self.scale
+    return prefix
+
   def unstandardise(self, individual: Individual | None) -> Individual | None:
     """The individual for the dataset's own x and y: its affine top c0 + c1 * f
     becomes shift + scale * c0 + scale * c1 * f, and x_k / r_k a weight (nmse is
@@ -198,7 +218,7 @@ class _Island:
     dim = points.x.shape[1]
     self.variation = variation.Variation(config.variation, dim, rng)
     limit = config.variation.max_length
-    usable = [affine(reweighted(s, points.x_scale)) for s in seeds
+    usable = [points.standardise(reweighted(s, points.x_scale)) for s in seeds
               if not _reads_missing(s, dim)]
     usable = [s for s in usable if len(s) <= limit]
     own = max(1, config.population - round(config.random_share * config.population))
@@ -253,11 +273,18 @@ def run(seeds: Sequence[Sequence], xs: Sequence[np.ndarray], ys: Sequence[np.nda
       refined=max(1, config.refined // config.islands))
   points = [_Points(np.asarray(x)[:config.max_points], np.asarray(y)[:config.max_points])
             for x, y in zip(xs, ys)]
-  # Island 0 of each dataset starts from its seeds, the others from random formulas
-  # (string seeds: distinct streams, the same on every platform).
-  islands = [_Island(p, s if j == 0 else (), random.Random(
+  regressed = [sparse_seeds.seeds(np.asarray(x)[:config.max_points],
+                                  np.asarray(y)[:config.max_points], config.regression_seeds)
+               if config.regression_seeds else [] for x, y in zip(xs, ys)]
+  # Island 0 of each dataset starts from its seeds, island 1 from the regression seeds,
+  # all from random formulas beside them (string seeds: distinct streams, the same on
+  # every platform).
+  start = lambda j, proposed, found: ((list(proposed) if j == 0 else [])
+                                      + (found if j == min(1, config.islands - 1) else []))
+  islands = [_Island(p, start(j, s, found), random.Random(
       stream ^ config.seed if j == 0 else f"{stream}/{config.seed}/{j}"), per_island)
-             for p, s, stream in zip(points, seeds, streams) for j in range(config.islands)]
+             for p, s, found, stream in zip(points, seeds, regressed, streams)
+             for j in range(config.islands)]
   evaluated = _evaluate(islands, [d.start for d in islands], per_island)
   for d, individuals in zip(islands, evaluated):
     d.population = _select(individuals, per_island, d.rng)

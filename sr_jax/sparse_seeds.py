@@ -1,0 +1,318 @@
+"""Seed formulas from sparse linear regression on a library of terms (SINDy, FFX).
+
+Many laws are a few terms, each a simple function of one or two features, with
+coefficients: 3 x - 2 x y - x^2, 0.5 sin(x - y) - sin(x), x - cos(y) / x. For a search
+that finds structure by mutation such sums are slow to assemble term by term, but
+least squares finds the coefficients of any set of terms at once, so a greedy choice
+of terms (forward selection by orthogonal least squares, with a beam and exchanges)
+tries hundreds of structures in a few matrix products. Three kinds of seeds, all on
+the dataset's own features:
+
+- sums: y ~ b + sum_j w_j t_j, the terms t_j chosen from a library: the monomials up
+  to degree 3 (SINDy's), and a wider one (powers, inverse, sqrt, log, exp, sin, cos of
+  each feature; products of two features' terms; sin and cos of differences of two
+  features); the best subsets of each size are seeds;
+- ratios: y ~ (b + sum_j w_j p_j) / (1 + sum_k v_k q_k), linear in the coefficients
+  once multiplied out (y = b + sum_j w_j p_j - sum_k v_k y q_k), so the same greedy
+  regression over the library and the library times y finds it (rational regression);
+- a power law: where every feature is positive and y keeps one sign, log |y| linear
+  in log x_i gives y ~ c prod_i x_i^a_i, exponents rounded to halves.
+
+These are guesses, not answers: they seed the search (search.SearchConfig.regression_seeds),
+which refits their constants and varies them like any other seed. On noisy data the
+ratio regression is biased (y is on both sides), which the search's LM then corrects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+Prefix = list
+
+# Terms of one feature, written as prefixes of "x": (name, prefix, function, needs).
+# needs: "positive" (the feature must be > 0), "nonzero", or None.
+_UNARY = (
+    ("x", ["x"], lambda x: x, None),
+    ("x^2", ["pow2", "x"], np.square, None),
+    ("x^3", ["pow3", "x"], lambda x: x**3, None),
+    ("1/x", ["inv", "x"], lambda x: 1 / x, "nonzero"),
+    ("1/x^2", ["inv", "pow2", "x"], lambda x: 1 / x**2, "nonzero"),
+    ("sqrt x", ["sqrt", "x"], np.sqrt, "positive"),
+    ("log x", ["log", "x"], np.log, "positive"),
+    ("exp x", ["exp", "x"], np.exp, None),
+    ("sin x", ["sin", "x"], np.sin, None),
+    ("cos x", ["cos", "x"], np.cos, None),
+)
+# Terms that multiply in pairs across two features.
+_PAIRED = ("x", "x^2", "1/x", "sin x", "cos x")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseSeedConfig:
+  max_terms: int = 4  # terms of a sum (the greedy path's length)
+  max_ratio_terms: int = 6  # terms of numerator and denominator together
+  max_columns: int = 4000  # library size cap (pairs are dropped first beyond it)
+  beam: int = 8  # subsets kept per size in the forward selection
+  per_size: int = 2  # seeds written per size
+
+  def __post_init__(self):
+    if min(self.max_terms, self.max_ratio_terms, self.max_columns, self.beam,
+           self.per_size) < 1:
+      raise ValueError(f"sparse seed sizes must be positive: {self}")
+
+
+def _substitute(prefix: Prefix, variable: str) -> Prefix:
+  return [variable if token == "x" else token for token in prefix]
+
+
+def library(x_NxD: np.ndarray, max_columns: int = 4000) -> tuple[list[Prefix], np.ndarray]:
+  """The terms (prefixes over x_0 .. x_{D-1}) and their values N x L, without the
+  terms that are not finite on every point or constant."""
+  x_NxD = np.asarray(x_NxD, np.float64)
+  features = _varying(x_NxD)
+  terms, columns = [], []
+  singles = {}  # (feature, name) -> (prefix, values)
+  with np.errstate(all="ignore"):
+    for i in features:
+      x = x_NxD[:, i]
+      for name, prefix, fn, needs in _UNARY:
+        if needs == "positive" and not np.all(x > 0):
+          continue
+        if needs == "nonzero" and not np.all(x != 0):
+          continue
+        singles[i, name] = (_substitute(prefix, f"x_{i}"), fn(x))
+    terms += [p for p, _ in singles.values()]
+    columns += [v for _, v in singles.values()]
+    for i, j in itertools.combinations(features, 2):
+      difference = x_NxD[:, i] - x_NxD[:, j]
+      for name, fn in (("sin", np.sin), ("cos", np.cos)):
+        terms.append([name, "sub", f"x_{i}", f"x_{j}"])
+        columns.append(fn(difference))
+    for (i, j), a, b in itertools.product(
+        itertools.combinations(features, 2), _PAIRED, _PAIRED):
+      if len(terms) >= max_columns:
+        break
+      if (i, a) in singles and (j, b) in singles:
+        terms.append(["mul"] + singles[i, a][0] + singles[j, b][0])
+        columns.append(singles[i, a][1] * singles[j, b][1])
+  return _finite(terms, columns, len(x_NxD))
+
+
+def polynomial_library(x_NxD: np.ndarray, degree: int = 3,
+                       max_columns: int = 4000) -> tuple[list[Prefix], np.ndarray]:
+  """The monomials of total degree 1 .. degree (SINDy's default library): on data
+  where the features move together (a trajectory), the full library holds products
+  such as x^2 y that mimic x, and the subset search is easier among monomials alone."""
+  x_NxD = np.asarray(x_NxD, np.float64)
+  power = {1: lambda v: [v], 2: lambda v: ["pow2", v], 3: lambda v: ["pow3", v]}
+  terms, columns = [], []
+  for total in range(1, degree + 1):
+    for combination in itertools.combinations_with_replacement(_varying(x_NxD), total):
+      if len(terms) >= max_columns:
+        break
+      counts = {i: combination.count(i) for i in sorted(set(combination))}
+      factors = [power[n](f"x_{i}") if n <= 3 else ["pow", f"x_{i}", float(n)]
+                 for i, n in counts.items()]
+      terms.append(["mul"] * (len(factors) - 1) + [t for f in factors for t in f])
+      columns.append(np.prod([x_NxD[:, i]**n for i, n in counts.items()], axis=0))
+  return _finite(terms, columns, len(x_NxD))
+
+
+def _varying(x_NxD: np.ndarray) -> list[int]:
+  """The features that are not constant (a constant one only repeats other terms)."""
+  return [i for i in range(x_NxD.shape[1]) if np.ptp(x_NxD[:, i]) > 0]
+
+
+def _finite(terms: list[Prefix], columns: list[np.ndarray], num_points: int):
+  """The terms whose values are finite on every point and not constant, and their
+  values N x L."""
+  if not columns:
+    return [], np.zeros((num_points, 0))
+  with np.errstate(all="ignore"):
+    values = np.stack(columns, axis=1)
+    keep = np.all(np.isfinite(values), axis=0) & (np.ptp(values, axis=0) > 0)
+  return [t for t, k in zip(terms, keep) if k], values[:, keep]
+
+
+class _Regression:
+  """Least squares of a target on subsets of a library's columns (centred, unit
+  length: the intercept is implicit)."""
+
+  def __init__(self, columns_NxL: np.ndarray, target_N: np.ndarray):
+    self.mean_L = columns_NxL.mean(axis=0)
+    centred = columns_NxL - self.mean_L
+    self.norm_L = np.linalg.norm(centred, axis=0)
+    self.usable_L = self.norm_L > 1e-12 * max(1.0, float(self.norm_L.max(initial=0.0)))
+    self.unit_NxL = centred / np.where(self.usable_L, self.norm_L, 1.0)
+    self.target_mean = float(target_N.mean())
+    self.target = target_N - self.target_mean
+
+  def fit(self, chosen: tuple) -> tuple:
+    """A subset: (residual sum of squares, columns, orthonormal basis N x k,
+    residual)."""
+    basis_NxK, _ = np.linalg.qr(self.unit_NxL[:, list(chosen)])
+    residual = self.target - basis_NxK @ (basis_NxK.T @ self.target)
+    return float(residual @ residual), tuple(chosen), basis_NxK, residual
+
+  def gains(self, subset: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column: how much adding it lowers the subset's residual sum of squares
+    (-1: not addable), its part orthogonal to the subset, and that part's length."""
+    _, chosen, basis_NxK, residual = subset
+    orthogonal_NxL = self.unit_NxL - basis_NxK @ (basis_NxK.T @ self.unit_NxL)
+    length_L = np.linalg.norm(orthogonal_NxL, axis=0)
+    open_L = self.usable_L & (length_L > 1e-6)
+    open_L[list(chosen)] = False
+    gain_L = np.where(open_L, (orthogonal_NxL.T @ residual)**2
+                      / np.where(open_L, length_L, 1.0)**2, -1.0)
+    return gain_L, orthogonal_NxL, length_L
+
+  def swapped(self, subset: tuple, passes: int = 3) -> tuple:
+    """The subset after exchanges: each member in turn replaced by the column that
+    best completes the others, while that lowers the residual (forward selection
+    alone keeps an early pick that later ones make wrong)."""
+    for _ in range(passes):
+      before = subset[0]
+      for m in range(len(subset[1])):
+        others = self.fit(subset[1][:m] + subset[1][m + 1:])
+        gain_L = self.gains(others)[0]
+        j = int(np.argmax(gain_L))
+        if gain_L[j] >= 0 and others[0] - gain_L[j] < subset[0] * (1 - 1e-9):
+          subset = self.fit(others[1] + (j,))
+      if subset[0] >= before * (1 - 1e-9):
+        break
+    return subset
+
+  def solution(self, chosen: tuple) -> tuple[list[int], np.ndarray, float]:
+    """(columns, their weights in the library's units, intercept)."""
+    columns = list(chosen)
+    weights, *_ = np.linalg.lstsq(self.unit_NxL[:, columns], self.target, rcond=None)
+    weights = weights / self.norm_L[columns]
+    return columns, weights, self.target_mean - float(self.mean_L[columns] @ weights)
+
+
+def _subset_path(columns_NxL: np.ndarray, target_N: np.ndarray, max_terms: int,
+                 beam: int, per_size: int):
+  """Forward selection by orthogonal least squares with a beam: each step extends
+  every kept subset by the columns that lower its residual most after refitting (the
+  column's part orthogonal to the subset, not its raw correlation, which picks
+  x^2 y over x when both correlate with 3 x - 2 x y - x^2), keeps the `beam` best
+  subsets and improves the best ones by exchanges. Yields (columns, weights,
+  intercept) of the `per_size` best subsets of each size; stops after a size that
+  fits exactly."""
+  regression = _Regression(columns_NxL, target_N)
+  target = regression.target
+  floor = 1e-20 * float(target @ target)
+  subsets = [(float(target @ target), (), np.zeros((len(target), 0)), target)]
+  for _ in range(min(max_terms, int(regression.usable_L.sum()))):
+    grown = {}
+    for subset in subsets:
+      _, chosen, basis_NxK, residual = subset
+      gain_L, orthogonal_NxL, length_L = regression.gains(subset)
+      for j in np.argsort(-gain_L)[:beam]:
+        key = tuple(sorted(chosen + (int(j),)))
+        if gain_L[j] < 0 or key in grown:
+          continue
+        direction = orthogonal_NxL[:, j] / length_L[j]
+        rest = residual - direction * (direction @ residual)
+        grown[key] = (float(rest @ rest), chosen + (int(j),), (basis_NxK, direction), rest)
+    if not grown:
+      return
+    subsets = [(rss, chosen, np.column_stack(basis), rest) for rss, chosen, basis, rest
+               in sorted(grown.values(), key=lambda s: s[0])[:beam]]
+    subsets[:per_size] = [regression.swapped(s) for s in subsets[:per_size]]
+    subsets.sort(key=lambda s: s[0])
+    for _, chosen, _, _ in subsets[:per_size]:
+      yield regression.solution(chosen)
+    if subsets[0][0] <= floor:
+      return
+
+
+def _sum(intercept: float, weights, terms: list[Prefix]) -> Prefix:
+  """intercept + sum_j weights_j * terms_j as a prefix."""
+  out: Prefix = ["add", float(intercept)] if intercept else []
+  for k, (w, term) in enumerate(zip(weights, terms)):
+    if k < len(terms) - 1:
+      out.append("add")
+    out += ["mul", float(w)] + term
+  return out or [0.0]
+
+
+def _power_law(x_NxD: np.ndarray, y_N: np.ndarray) -> Prefix | None:
+  """sign * c * prod_i x_i ** a_i from least squares on logs, exponents rounded to
+  halves (those rounded to 0 dropped); None where logs do not apply."""
+  if not (np.all(x_NxD > 0) and (np.all(y_N > 0) or np.all(y_N < 0))):
+    return None
+  design = np.column_stack([np.ones(len(y_N)), np.log(x_NxD)])
+  solution, *_ = np.linalg.lstsq(design, np.log(np.abs(y_N)), rcond=None)
+  exponents = np.round(solution[1:] * 2) / 2
+  # The constant for the rounded exponents (a log-space mean).
+  log_c = np.mean(np.log(np.abs(y_N)) - np.log(x_NxD) @ exponents)
+  if not np.isfinite(log_c) or abs(log_c) > 700:
+    return None
+  factors = [_power(f"x_{i}", a) for i, a in enumerate(exponents) if a != 0]
+  out: Prefix = ["mul", float(np.sign(y_N[0]) * np.exp(log_c))]
+  for k, factor in enumerate(factors):
+    if k < len(factors) - 1:
+      out.append("mul")
+    out += factor
+  return out if factors else None
+
+
+def _power(variable: str, exponent: float) -> Prefix:
+  named = {1.0: [variable], 2.0: ["pow2", variable], 3.0: ["pow3", variable],
+           0.5: ["sqrt", variable], -1.0: ["inv", variable],
+           -2.0: ["inv", "pow2", variable], -3.0: ["inv", "pow3", variable],
+           -0.5: ["inv", "sqrt", variable]}
+  return named.get(float(exponent), ["pow", variable, float(exponent)])
+
+
+def _sums_and_ratios(terms: list[Prefix], columns_NxL: np.ndarray, y_N: np.ndarray,
+                     config: SparseSeedConfig) -> tuple[list[Prefix], list[Prefix]]:
+  sums = [_sum(intercept, weights, [terms[j] for j in chosen])
+          for chosen, weights, intercept in _subset_path(
+              columns_NxL, y_N, config.max_terms, config.beam, config.per_size)]
+  # Ratios: the library, then the library times y (the denominator's terms).
+  both_NxL = np.concatenate([columns_NxL, columns_NxL * y_N[:, None]], axis=1)
+  ratios = []
+  for chosen, weights, intercept in _subset_path(both_NxL, y_N, config.max_ratio_terms,
+                                                 config.beam, config.per_size):
+    top = [(w, terms[j]) for w, j in zip(weights, chosen) if j < len(terms)]
+    bottom = [(-w, terms[j - len(terms)]) for w, j in zip(weights, chosen)
+              if j >= len(terms)]
+    if bottom:  # else a plain sum, found above
+      numerator = _sum(intercept, *zip(*top)) if top else [float(intercept)]
+      ratios.append(["div"] + numerator + _sum(1.0, *zip(*bottom)))
+  return sums, ratios
+
+
+def seeds(x_NxD: np.ndarray, y_N: np.ndarray,
+          config: SparseSeedConfig = SparseSeedConfig()) -> list[Prefix]:
+  """Seed formulas for (x, y): the kinds (sums and ratios over each library, the
+  power law) in turns, fewest terms first; empty when x or y is not finite or y is
+  constant (there is nothing to regress)."""
+  x_NxD = np.asarray(x_NxD, np.float64)
+  y_N = np.asarray(y_N, np.float64).reshape(-1)
+  if (x_NxD.ndim != 2 or len(y_N) != len(x_NxD) or len(y_N) < 2
+      or not np.all(np.isfinite(x_NxD)) or not np.all(np.isfinite(y_N))
+      or np.ptp(y_N) == 0):
+    return []
+  # Regressed on standardised y (y times a term stays finite for any finite y), and
+  # mapped back by an affine top, the form the search writes every formula in.
+  magnitude = float(np.max(np.abs(y_N)))  # > 0: y is not constant
+  shift, scale = float(np.mean(y_N)), magnitude * float(np.std(y_N / magnitude))
+  standard_N = (y_N - shift) / scale
+  kinds = []  # each kind's seeds, fewest terms first
+  for terms, columns_NxL in (polynomial_library(x_NxD, max_columns=config.max_columns),
+                             library(x_NxD, config.max_columns)):
+    if terms:
+      kinds += [[["add", shift, "mul", scale] + seed for seed in kind]
+                for kind in _sums_and_ratios(terms, columns_NxL, standard_N, config)]
+  power_law = _power_law(x_NxD, y_N)
+  kinds.append([power_law] if power_law is not None else [])
+  # Taken in turns, so that a population with room for only some of them gets the
+  # simplest of every kind.
+  return [seed for turn in itertools.zip_longest(*kinds) for seed in turn
+          if seed is not None]
