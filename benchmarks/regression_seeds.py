@@ -3,7 +3,8 @@ the law, before any search or refinement.
 
     taskset -c 0 python benchmarks/regression_seeds.py --suites strogatz,feynman
 
-Per problem: SRBench's split (seed 0), the seeds from the first 128 training rows (as
+Per problem (benchmarks/search.py's lists: SRBench's 117 Feynman, 14 Strogatz): SRBench's
+split (seed 0), the seeds from the first 128 training rows (as
 the search makes them), each scored on the test split with its least-squares
 constants. Prints one markdown row per suite: datasets, seeds per dataset, milliseconds
 per dataset, and the share whose best seed reaches test R2 > 0.99 / > 0.999.
@@ -17,7 +18,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sr_jax import expressions, metrics, search, sparse_seeds, suites  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sr_jax import expressions, metrics, search, sparse_seeds  # noqa: E402
+import search as search_bench  # noqa: E402  benchmarks/search.py: the same problems
 
 
 def _best_test_r2(found, x, y) -> float:
@@ -35,11 +38,11 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--suites", default="strogatz,feynman")
   args = parser.parse_args(argv)
-  rows = []
-  rows_used = search.SearchConfig().max_points
-  for suite in args.suites.split(","):
+  rows, rows_used = [], search.SearchConfig().max_points
+  problems = search_bench._problems(args.suites.split(","), 200, 0)
+  for suite, items in problems.items():
     seconds, counts, r2 = [], [], []
-    for problem in suites.load(suite):
+    for problem in items:
       x, y, x_test, y_test = metrics.srbench_split(problem.x, problem.y, 0)
       begin = time.perf_counter()
       found = sparse_seeds.seeds(x[:rows_used], y[:rows_used])

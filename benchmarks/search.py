@@ -190,6 +190,9 @@ def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, ar
         flush=True)
 
 
+_COLORS = {"sr_jax": "tab:green", "random": "tab:orange", "operon": "tab:blue"}
+
+
 def report(out_dir: str) -> str:
   """The markdown table and a PNG of R2 > 0.99 vs seconds per dataset."""
   import matplotlib
@@ -232,7 +235,8 @@ def report(out_dir: str) -> str:
       if system == "model_only":
         axis.axhline(rows["r2_99"].iloc[0], linestyle=":", color="gray", label="model only")
       else:
-        axis.plot(rows["budget"], rows["r2_99"], marker="o", label=system)
+        axis.plot(rows["budget"], rows["r2_99"], marker="o", label=system,
+                  color=_COLORS.get(system))
     axis.set(xscale="log", xlabel="seconds per dataset", ylabel="test R2 > 0.99",
              title=suite, ylim=(0, 1))
     axis.legend()
