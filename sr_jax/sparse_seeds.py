@@ -107,15 +107,13 @@ def polynomial_library(x_NxD: np.ndarray, degree: int = 3,
   where the features move together (a trajectory), the full library holds products
   such as x^2 y that mimic x, and the subset search is easier among monomials alone."""
   x_NxD = np.asarray(x_NxD, np.float64)
-  power = {1: lambda v: [v], 2: lambda v: ["pow2", v], 3: lambda v: ["pow3", v]}
   terms, columns = [], []
   for total in range(1, degree + 1):
     for combination in itertools.combinations_with_replacement(_varying(x_NxD), total):
       if len(terms) >= max_columns:
         break
       counts = {i: combination.count(i) for i in sorted(set(combination))}
-      factors = [power[n](f"x_{i}") if n <= 3 else ["pow", f"x_{i}", float(n)]
-                 for i, n in counts.items()]
+      factors = [_power(f"x_{i}", n) for i, n in counts.items()]
       terms.append(["mul"] * (len(factors) - 1) + [t for f in factors for t in f])
       columns.append(np.prod([x_NxD[:, i]**n for i, n in counts.items()], axis=0))
   return _finite(terms, columns, len(x_NxD))
@@ -230,13 +228,20 @@ def _subset_path(columns_NxL: np.ndarray, target_N: np.ndarray, max_terms: int,
       return
 
 
+def _chain(op: str, parts: list[Prefix]) -> Prefix:
+  """op(p_1, op(p_2, ... p_n)) as a prefix."""
+  out: Prefix = []
+  for k, part in enumerate(parts):
+    if k < len(parts) - 1:
+      out.append(op)
+    out += part
+  return out
+
+
 def _sum(intercept: float, weights, terms: list[Prefix]) -> Prefix:
   """intercept + sum_j weights_j * terms_j as a prefix."""
   out: Prefix = ["add", float(intercept)] if intercept else []
-  for k, (w, term) in enumerate(zip(weights, terms)):
-    if k < len(terms) - 1:
-      out.append("add")
-    out += ["mul", float(w)] + term
+  out += _chain("add", [["mul", float(w)] + term for w, term in zip(weights, terms)])
   return out or [0.0]
 
 
@@ -253,12 +258,9 @@ def _power_law(x_NxD: np.ndarray, y_N: np.ndarray) -> Prefix | None:
   if not np.isfinite(log_c) or abs(log_c) > 700:
     return None
   factors = [_power(f"x_{i}", a) for i, a in enumerate(exponents) if a != 0]
-  out: Prefix = ["mul", float(np.sign(y_N[0]) * np.exp(log_c))]
-  for k, factor in enumerate(factors):
-    if k < len(factors) - 1:
-      out.append("mul")
-    out += factor
-  return out if factors else None
+  if not factors:
+    return None
+  return ["mul", float(np.sign(y_N[0]) * np.exp(log_c))] + _chain("mul", factors)
 
 
 def _power(variable: str, exponent: float) -> Prefix:
