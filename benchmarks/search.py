@@ -94,8 +94,28 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
     with np.errstate(all="ignore"):
       r2 = metrics.r2(y_test, result.predict(x_test))
     rows.append((problem, expressions.model_string(list(result.best.prefix), names), r2,
-                 seconds / len(problems), _generations(result.notes)))
+                 seconds / len(problems), _generations(result.notes),
+                 _front_record(result, x_test, y_test, names, problem.feature_names)))
   return rows
+
+
+def _front_record(result, x_test, y_test, names, feature_names) -> list[list]:
+  """[complexity, training R2, test R2, SRBench model size] of each formula on the
+  Pareto front, simplest first: selection_rules.py scores other model-selection rules
+  from these without rerunning the search."""
+  x_kept = np.asarray(x_test, np.float64)[:, list(result.features)]
+  out = []
+  for candidate in result.front:
+    with np.errstate(all="ignore"):
+      test_r2 = metrics.r2(y_test, expressions.evaluate(list(candidate.prefix), x_kept))
+    try:
+      size = metrics.model_size(expressions.model_string(list(candidate.prefix), names),
+                                feature_names)
+    except Exception:  # an unparsable string counts as no size
+      size = None
+    out.append([candidate.complexity, candidate.r2,
+                test_r2 if np.isfinite(test_r2) else None, size])
+  return out
 
 
 def _generations(notes: list[str]) -> int | None:
@@ -120,14 +140,14 @@ def _operon_rows(problems, budget, seed):
       regressor.fit(x_train, y_train)
     except ValueError as error:  # pyoperon scores its front with sklearn, which refuses inf
       print(f"operon failed on {problem.name}: {error}", flush=True)
-      rows.append((problem, "", np.nan, time.perf_counter() - begin, None))  # a miss
+      rows.append((problem, "", np.nan, time.perf_counter() - begin, None, None))  # a miss
       continue
     seconds = time.perf_counter() - begin
     with np.errstate(all="ignore"):
       r2 = metrics.r2(y_test, regressor.predict(x_test))
     names = problem.feature_names
     model = regressor.get_model_string(regressor.model_, 12, names=list(names))
-    rows.append((problem, model, r2, seconds, None))
+    rows.append((problem, model, r2, seconds, None, None))
   return rows
 
 
@@ -173,10 +193,12 @@ def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, ar
                        model_seconds.get(suite, 0.0)))
   if system == "model_only":
     model_seconds[suite] = float(np.mean([r[3] for r in rows]))
-  for problem, model_string, r2, seconds, generations in rows:
+  for problem, model_string, r2, seconds, generations, front in rows:
     record = {"suite": suite, "system": system, "budget": budget, "seed": seed,
               "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
               "model": model_string, "seconds": seconds, "generations": generations}
+    if front is not None:
+      record["front"] = front
     try:
       record["model_size"] = metrics.model_size(model_string, problem.feature_names)
     except Exception:  # an unparsable string counts as no size

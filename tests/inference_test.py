@@ -2,6 +2,7 @@
 through the real scaling, scoring, de-duplication, refinement and selection; the scaling
 round trip is exact; bad inputs and bad candidates are named, never hang."""
 
+import dataclasses
 import threading
 
 import jax
@@ -279,3 +280,23 @@ def test_the_search_waits_until_every_bag_is_decoded(monkeypatch):
   assert undecoded_at_search == [0, 0, 0]
   assert all(any(c.source == "search" for c in r.candidates) or r.front
              for r in output.results)
+
+
+def test_a_formula_that_fails_just_outside_the_data_loses_to_one_as_good():
+  """sqrt(5.05 - x) is real on the training x <= 5 and NaN just past it; at equal
+  accuracy (within extrapolation_price of R2) the pipeline picks the formula that
+  stays finite near the data."""
+  x = np.linspace(0, 5, 200)[:, None]
+  y = 1 + x[:, 0] + 1e-4 * np.sqrt(5.05 - x[:, 0])
+  mean, scale = x.mean(0), x.std(0)
+  unsafe = standardised(["add", 1.0, "add", "x_0", "mul", 1e-4, "sqrt", "add", 5.05, "mul",
+                         -1.0, "x_0"], mean, scale)
+  safe = standardised(["add", 1.0, "x_0"], mean, scale)
+  propose = lambda bags: [[unsafe, safe] for _ in bags]
+  config = inference.InferenceConfig(selection="r2")  # 'simplest' picks it anyway
+  picked = inference.run(None, [(x, y)], config, propose=propose).results[0]
+  assert "sqrt" not in picked.best.prefix and picked.best.r2 > 1 - 1e-8
+  assert any("sqrt" in c.prefix and c.r2 > picked.best.r2 for c in picked.candidates)
+  unguarded = inference.run(None, [(x, y)], dataclasses.replace(config, extrapolation_margin=0),
+                            propose=propose).results[0]
+  assert "sqrt" in unguarded.best.prefix

@@ -1,0 +1,126 @@
+"""Tidying formulas: folding keeps every value (numpy is the oracle) and never adds a
+node; tidying removes constants that do nothing, rounds near-round ones, keeps the ones
+that matter, and never leaves a formula worse than its tolerance."""
+
+import dataclasses
+import random
+
+import jax
+import numpy as np
+import pytest
+
+from sr_jax import expressions, inference, search, selection, tidy, variation
+
+
+def _values(prefix, x):
+  with np.errstate(all="ignore"):
+    return expressions.evaluate(list(prefix), x)
+
+
+def test_folding_keeps_values_and_never_lengthens():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0.5, 2.0, size=(64, 3))
+  maker = variation.Variation(variation.VariationConfig(), 3, random.Random(0))
+  checked = 0
+  for _ in range(400):
+    prefix = maker.random_formula()
+    # Constants that fold: exact zeros and ones, and chains of weights.
+    prefix = [random.Random(len(prefix) + k).choice([t, 0.0, 1.0]) if t.__class__ is float
+              else t for k, t in enumerate(prefix)]
+    before = _values(prefix, x)
+    if not np.all(np.isfinite(before)):
+      continue
+    folded = tidy.fold(prefix)
+    expressions.validate(folded)
+    assert len(folded) <= len(prefix)
+    np.testing.assert_allclose(_values(folded, x), before, rtol=1e-9, atol=1e-9)
+    checked += 1
+  assert checked > 200
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    (["add", "x_0", 0.0], "x_0"),
+    (["sub", "x_0", 0.0], "x_0"),
+    (["mul", 1.0, "sin", "x_0"], "sin(x_0)"),
+    (["div", "x_0", 1.0], "x_0"),
+    (["add", "mul", 0.0, "exp", "x_1", "x_0"], "x_0"),
+    (["mul", 2.0, "mul", 3.0, "x_0"], "6.0*x_0"),
+    (["add", 1.0, "add", 2.0, "exp", "x_0"], "3.0 + exp(x_0)"),
+    (["mul", 2.0, "add", 3.0, "x_0"], "6.0 + 2.0*x_0"),
+    (["exp", "add", 1.0, 1.0], "7.38905609893065"),
+    # The search's weights on each variable, multiplied out: 0.5 * 2 * (4 * 0.25) = 1.
+    (["mul", 0.5, "mul", "mul", 2.0, "x_0", "mul", 4.0, "mul", 0.25, "x_1"], "x_0*x_1"),
+])
+def test_folding_examples(prefix, expected):
+  assert expressions.to_infix(tidy.fold(prefix)) == expected
+
+
+def test_tidy_removes_what_does_nothing_and_keeps_what_matters():
+  rng = np.random.default_rng(1)
+  x = rng.uniform(1, 3, size=(300, 3))
+  formulas = [  # (found formula, its law, tidied as)
+      (["add", 7e-17, "add", "mul", 1.0000000002, "mul", "x_0", "x_1", "mul",
+        0.5000000001, "x_2"], lambda x: x[:, 0] * x[:, 1] + 0.5 * x[:, 2],
+       "x_0*x_1 + 0.5*x_2"),
+      (["add", 0.0795, "sin", "mul", 1.0000018, "x_0"], lambda x: 0.0795 + np.sin(x[:, 0]),
+       "0.0795 + sin(x_0)"),
+      # 1/(4 pi) is not round: it stays, and so does the needed offset.
+      (["add", 2.5, "mul", 0.07957747154594767, "div", "x_0", "pow2", "x_1"],
+       lambda x: 2.5 + x[:, 0] / (4 * np.pi * x[:, 1]**2),
+       "2.5 + 0.07957747154594767*x_0/x_1**2"),
+  ]
+  with jax.enable_x64(True):
+    out = tidy.tidy([f for f, _, _ in formulas], [0, 1, 2], [x] * 3,
+                    [law(x) for _, law, _ in formulas])
+  assert [expressions.to_infix(p) for p in out] == [t for _, _, t in formulas]
+
+
+def test_tidy_never_lengthens_nor_exceeds_the_tolerance():
+  rng = np.random.default_rng(2)
+  x = rng.uniform(0.5, 2.0, size=(200, 2))
+  y = 1.3 * x[:, 0] * np.sin(x[:, 1]) + 0.02 * rng.normal(size=200)  # noisy
+  maker = variation.Variation(variation.VariationConfig(), 2, random.Random(3))
+  formulas = [maker.random_formula() for _ in range(120)]
+  config = tidy.TidyConfig()
+  with jax.enable_x64(True):
+    out = tidy.tidy(formulas, [0] * len(formulas), [x], [y], config)
+    before = selection.score(formulas, [0] * len(formulas), [x], [y]).mse / np.var(y)
+    after = selection.score(out, [0] * len(out), [x], [y]).mse / np.var(y)
+  finite = np.isfinite(before)
+  assert finite.sum() > 50
+  assert all(len(a) <= len(b) for a, b in zip(out, formulas))
+  limit = np.maximum(before * (1 + config.relative_tolerance),
+                     before + config.absolute_tolerance)
+  assert np.all(after[finite] <= limit[finite] * (1 + 1e-12))
+  assert sum(a != list(b) for a, b in zip(out, formulas)) > 10
+  # Not finite on its points: returned as given.
+  assert [list(f) for f, ok in zip(formulas, finite) if not ok] == [
+      a for a, ok in zip(out, finite) if not ok]
+
+
+def test_the_pipeline_returns_tidy_formulas():
+  """The search writes weights on every variable and an affine top; what the user gets
+  is the law itself."""
+  rng = np.random.default_rng(4)
+  x = rng.uniform(1, 3, size=(200, 2))
+  y = x[:, 0] * x[:, 1] + 7.0
+  config = inference.InferenceConfig(search=search.SearchConfig(generations=2))
+  propose = lambda bags: [[["x_0"]] for _ in bags]
+  best = inference.run(None, [(x, y)], config, propose=propose).results[0].best
+  assert best.source == "search" and best.r2 > 1 - 1e-12
+  assert best.prefix == ("add", 7.0, "mul", "x_0", "x_1")
+  untidy = inference.run(None, [(x, y)], dataclasses.replace(config, tidy=None),
+                         propose=propose).results[0].best
+  assert len(untidy.prefix) > len(best.prefix)
+
+
+def test_simplest_rule_picks_the_shortest_within_the_tolerance():
+  r2 = np.array([0.99999, 0.9999995, 0.95, -np.inf])
+  complexity = np.array([12, 30, 3, 1])
+  score = selection.selection_score(r2, complexity, "simplest", r2_tolerance=1e-4)
+  assert list(np.argsort(-score)) == [0, 1, 2, 3]
+  score = selection.selection_score(r2, complexity, "simplest", r2_tolerance=1e-7)
+  assert np.argmax(score) == 1
+  assert np.argmax(selection.selection_score(r2, complexity, "r2")) == 1
+  with pytest.raises(ValueError, match="unknown selection rule 'best'"):
+    selection.selection_score(r2, complexity, "best")
