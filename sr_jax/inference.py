@@ -134,7 +134,9 @@ class DatasetResult:
   num_duplicates: int  # same skeleton as a better candidate
   notes: tuple[str, ...]
   # The Pareto front of complexity vs MSE over every candidate found (not only the
-  # reported ones), simplest first; the best candidate under any selection rule is on it.
+  # reported ones), simplest first, with the best candidate: every rule picks from the
+  # front, unless a formula not finite just outside the data (priced down) dominates
+  # the pick, which then joins it.
   front: tuple[Candidate, ...] = ()
 
   @property
@@ -484,7 +486,10 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]), float(pool[j][3]),
                       int(complexity[j]), float(order_score[j]), pool[j][4])
             for j in order]
-    table.append((rows[:config.max_reported], _front(rows), duplicates[i]))
+    front = _front(rows)
+    if rows[0] not in front:
+      front = sorted(front + [rows[0]], key=lambda c: (c.complexity, c.mse))
+    table.append((rows[:config.max_reported], front, duplicates[i]))
   return table
 
 

@@ -291,12 +291,15 @@ def test_a_formula_that_fails_just_outside_the_data_loses_to_one_as_good():
   mean, scale = x.mean(0), x.std(0)
   unsafe = standardised(["add", 1.0, "add", "x_0", "mul", 1e-4, "sqrt", "add", 5.05, "mul",
                          -1.0, "x_0"], mean, scale)
-  safe = standardised(["add", 1.0, "x_0"], mean, scale)
+  # Longer than the sqrt formula, which dominates it on the Pareto front.
+  safe = standardised(["add", 1.0, "add", "x_0", "mul", 1e-4, "add", 2.2, "add", "mul",
+                       -0.2, "x_0", "mul", -0.01, "pow2", "x_0"], mean, scale)
   propose = lambda bags: [[unsafe, safe] for _ in bags]
-  config = inference.InferenceConfig(selection="r2")  # 'simplest' picks it anyway
+  config = inference.InferenceConfig(selection="r2", tidy=None)
   picked = inference.run(None, [(x, y)], config, propose=propose).results[0]
-  assert "sqrt" not in picked.best.prefix and picked.best.r2 > 1 - 1e-8
+  assert "sqrt" not in picked.best.prefix and picked.best.r2 > 1 - 1e-6
   assert any("sqrt" in c.prefix and c.r2 > picked.best.r2 for c in picked.candidates)
+  assert picked.best in picked.front  # though the sqrt formula dominates it
   unguarded = inference.run(None, [(x, y)], dataclasses.replace(config, extrapolation_margin=0),
                             propose=propose).results[0]
   assert "sqrt" in unguarded.best.prefix
