@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sr_jax import expressions, inference, metrics, suite_runner, suites  # noqa: E402
-from sr_jax import variation  # noqa: E402
+from sr_jax import tidy, variation  # noqa: E402
 
 SYSTEMS = ("sr_jax", "random", "model_only", "operon")
 
@@ -82,7 +82,9 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
   search_time = max(0.1 * budget, budget - model_seconds)
   config = inference.InferenceConfig(search_time=0.0 if system == "model_only" else search_time,
                                      max_bags=args.max_bags,
-                                     max_score_points=args.max_score_points, seed=seed)
+                                     max_score_points=args.max_score_points, seed=seed,
+                                     selection=args.selection,
+                                     tidy=None if args.no_tidy else tidy.TidyConfig())
   propose = _random_proposer(seed, config.num_candidates + 1) if system == "random" else None
   begin = time.perf_counter()
   output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
@@ -289,6 +291,10 @@ def main():
   # Seeds of the SRBench split, the pipeline and Operon: every cell runs once per seed
   # and the table pools them (Strogatz's 14 problems swing by 2-3 solved across seeds).
   parser.add_argument("--seeds", default="0")
+  # Ablations of the last stages (sr_jax/tidy.py, selection.py); the defaults are the
+  # pipeline's.
+  parser.add_argument("--selection", default=inference.InferenceConfig.selection)
+  parser.add_argument("--no_tidy", action="store_true", help="return formulas untidied")
   parser.add_argument("--report", action="store_true", help="only summarise --out")
   args = parser.parse_args()
   if not args.report:
