@@ -75,7 +75,7 @@ class InferenceConfig:
   # The model-selection rule (selection.selection_score). 'simplest' (the shortest
   # formula within r2_tolerance of the best R2) deviates from E2E's 'r2' (the most
   # accurate): on 117 Feynman problems at 2 s it gave the same R2 > 0.99 and > 0.999
-  # rates with median SRBench size 14 instead of 18 (BENCHMARKS.md).
+  # rates with median SRBench size 18 instead of 22 (BENCHMARKS.md).
   selection: str = "simplest"
   complexity_penalty: float = 1e-3  # 'penalized': the price of a prefix node
   r2_tolerance: float = 1e-4  # 'simplest': the R2 a shorter formula may give up

@@ -5,8 +5,9 @@ Refinement leaves traces that cost nodes and readability without buying accuracy
 tried at 0 and at the nearest integer and half; a change is kept when the formula's
 error on its dataset stays within a tolerance of the untidied formula's, and the tree
 is then folded (x + 0 -> x, 1 * x -> x, constant subtrees and nested weights merged).
-On Feynman, formulas the search found were a median of 2-4 SRBench nodes larger for
-such traces alone (BENCHMARKS.md).
+On Strogatz at 2 s per dataset, tidying took the median SRBench size of the returned
+formulas from 18 to 13 and SRBench's symbolic-solution rate from 25% to 57%
+(BENCHMARKS.md).
 
 All formulas of all datasets are tried together: each round scores every single change
 of every formula in one batched selection.score call, keeps for each formula all its
