@@ -456,6 +456,8 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
       p.notes.append("time budget reached: constants not refined")
   clock.lap("refine")
 
+  # The search, tidying and the user read the kept features as given.
+  raw_xs = [p.x_kept[p.score_rows] for p in prepared]
   if (config.search_time > 0 or config.search.generations) and not clock.expired():
     # The search's budget is wall clock: decoding the next group beside it on the same
     # cores would take the CPU its clock counts. (On 117 Feynman problems at 2 s this
@@ -463,13 +465,12 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     if before_search is not None:
       before_search()
       clock.lap(None)  # waiting for the decoder is not a stage of this thread
-    _search_into(pools, prepared, xs, ys, config, clock)
+    _search_into(pools, prepared, raw_xs, ys, config, clock)
   clock.lap("search")
 
   pools = [[entry if entry[4] == "search" else
             (unscale(entry[0], p.mean, p.scale),) + entry[1:] for entry in pool]
            for pool, p in zip(pools, prepared)]
-  raw_xs = [p.x_kept[p.score_rows] for p in prepared]
   if config.tidy is not None and not clock.expired():
     _tidy_fronts(pools, raw_xs, ys, config.tidy)
   clock.lap("tidy")
@@ -507,7 +508,7 @@ def _refine_into(pools: list[list[tuple]], to_refine: list[tuple], xs, ys,
     pools[i].append((prefix, True, mse, r2, source))
 
 
-def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
+def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], raw_xs, ys,
                  config: InferenceConfig, clock: _Clock) -> None:
   """Evolves every dataset's formulas (seeded with its pool, best first) and adds the
   search's Pareto front and best formula, refined like the model's, to the pool. The
@@ -515,7 +516,6 @@ def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], xs, ys,
   pool on them: source "search" marks them, and they are not unscaled."""
   seeds = [[unscale(c[0], p.mean, p.scale) for c in sorted(pool, key=lambda c: c[2])
             if np.isfinite(c[2])] for pool, p in zip(pools, prepared)]
-  raw_xs = [p.x_kept[p.score_rows] for p in prepared]
   results = search.run(seeds, raw_xs, ys, [p.stream for p in prepared], config.search,
                        config.search_time * len(prepared), clock.deadline)
   found = []
@@ -561,7 +561,7 @@ def _tidy_fronts(pools: list[list[tuple]], xs: list, ys: list,
   R2; rescores what changed on the scoring points."""
   at = []
   for i, pool in enumerate(pools):
-    front = _front_indices(pool)[-_TIDIED:]
+    front = _front_indices([len(c[0]) for c in pool], [c[2] for c in pool])[-_TIDIED:]
     at += [(i, j) for j in front if pool[j][3] >= pool[front[-1]][3] - 0.01]
   tidied = tidy.tidy([pools[i][j][0] for i, j in at], [i for i, _ in at], xs, ys, config)
   changed = [k for k, (i, j) in enumerate(at) if tidied[k] != list(pools[i][j][0])]
@@ -577,23 +577,20 @@ def _tidy_fronts(pools: list[list[tuple]], xs: list, ys: list,
 _TIDIED = 8
 
 
-def _front_indices(pool: list[tuple]) -> list[int]:
-  """Indices of the pool entries on its front of length vs MSE."""
+def _front_indices(complexity: Sequence[int], mse: Sequence[float]) -> list[int]:
+  """Indices of the items no other beats in both complexity and MSE, simplest first."""
   front, best = [], np.inf
-  for j in sorted(range(len(pool)), key=lambda j: (len(pool[j][0]), pool[j][2])):
-    if np.isfinite(pool[j][2]) and pool[j][2] < best:
+  for j in sorted(range(len(mse)), key=lambda j: (complexity[j], mse[j])):
+    if np.isfinite(mse[j]) and mse[j] < best:
       front.append(j)
-      best = pool[j][2]
+      best = mse[j]
   return front
 
 
 def _front(rows: list[Candidate]) -> list[Candidate]:
-  """The candidates no other beats in both complexity and MSE, simplest first."""
-  front = []
-  for c in sorted(rows, key=lambda c: (c.complexity, c.mse)):
-    if np.isfinite(c.mse) and (not front or c.mse < front[-1].mse):
-      front.append(c)
-  return front
+  """The candidates on the Pareto front of complexity vs MSE, simplest first."""
+  return [rows[j] for j in _front_indices([c.complexity for c in rows],
+                                          [c.mse for c in rows])]
 
 
 class _Decoder:
