@@ -78,14 +78,7 @@ def _fold(node: Node) -> Node:
 def _fold_chain(op: str, children: tuple[Node, ...]) -> Node:
   """A chain of add (mul) nodes with its constants summed (multiplied) into one, in
   front."""
-  terms = []
-  stack = list(reversed(children))
-  while stack:
-    node = stack.pop()
-    if node.value == op:
-      stack.extend(reversed(node.children))
-    else:
-      terms.append(node)
+  terms = [term for child in children for term in _chain_terms(child, op)]
   neutral = 0.0 if op == "add" else 1.0
   constant = neutral
   for term in terms:
@@ -106,17 +99,23 @@ def _fold_chain(op: str, children: tuple[Node, ...]) -> Node:
   return chain if constant == neutral else Node(op, (Node(constant), chain))
 
 
+def _chain_terms(node: Node, op: str) -> list[Node]:
+  """The operands of a chain of `op` nodes rooted at node, left to right."""
+  terms, stack = [], [node]
+  while stack:
+    node = stack.pop()
+    if node.value == op:
+      stack.extend(reversed(node.children))
+    else:
+      terms.append(node)
+  return terms
+
+
 def _distributed(constant: float, sum_node: Node) -> Node | None:
   """constant * (t1 + t2 + ...) written constant * t1 + constant * t2 + ..., with the
   constant merged into each term's own constant factor; None when more than one term
   has none (then it would cost nodes)."""
-  terms, stack = [], [sum_node]
-  while stack:
-    node = stack.pop()
-    if node.value == "add":
-      stack.extend(reversed(node.children))
-    else:
-      terms.append(node)
+  terms = _chain_terms(sum_node, "add")
   scaled, bare = [], 0
   for term in terms:
     factor, rest = (term, None) if term.is_constant else (
