@@ -29,21 +29,25 @@ RULES = {
     "penalized 1e-3": dict(rule="penalized", complexity_penalty=1e-3),
     "penalized 1e-4": dict(rule="penalized", complexity_penalty=1e-4),
     "penalized 1e-5": dict(rule="penalized", complexity_penalty=1e-5),
-    "simplest 1e-3": dict(rule="simplest", r2_tolerance=1e-3),
-    "simplest 1e-4": dict(rule="simplest", r2_tolerance=1e-4),
-    "simplest 1e-5": dict(rule="simplest", r2_tolerance=1e-5),
+    "simplest 1e-3": dict(rule="simplest", r2_tolerance=1e-3, relative_tolerance=0.0),
+    "simplest 1e-4": dict(rule="simplest", r2_tolerance=1e-4, relative_tolerance=0.0),
+    "simplest 1e-5": dict(rule="simplest", r2_tolerance=1e-5, relative_tolerance=0.0),
+    "simplest 1e-4, relative 0.1 (default)": dict(rule="simplest", r2_tolerance=1e-4),
+    "simplest 1e-4, relative 0.5": dict(rule="simplest", r2_tolerance=1e-4,
+                                        relative_tolerance=0.5),
 }
 
 
 def pick(front: list[list], rule: str, complexity_penalty: float = 1e-3,
-         r2_tolerance: float = 1e-4) -> list | None:
+         r2_tolerance: float = 1e-4, relative_tolerance: float = 0.1) -> list | None:
   """The front entry [complexity, train R2, test R2, size] the rule selects."""
   usable = [f for f in front if f[1] is not None and np.isfinite(f[1])]
   if not usable:
     return None
   complexity = np.array([f[0] for f in usable])
   r2 = np.array([f[1] for f in usable])
-  score = selection.selection_score(r2, complexity, rule, complexity_penalty, r2_tolerance)
+  score = selection.selection_score(r2, complexity, rule, complexity_penalty, r2_tolerance,
+                                    relative_tolerance)
   return usable[int(np.argmax(score))]
 
 

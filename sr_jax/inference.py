@@ -78,7 +78,8 @@ class InferenceConfig:
   # rates with median SRBench size 18 instead of 22 (BENCHMARKS.md).
   selection: str = "simplest"
   complexity_penalty: float = 1e-3  # 'penalized': the price of a prefix node
-  r2_tolerance: float = 1e-4  # 'simplest': the R2 a shorter formula may give up
+  r2_tolerance: float = 1e-4  # 'simplest': the R2 a shorter formula may give up,
+  relative_tolerance: float = 0.1  # ... or this share of the best formula's 1 - R2
   max_reported: int = 32  # candidates kept in each dataset's table
   # Evolutionary search after refinement (search.py): seconds per dataset (0: off),
   # and its knobs (search.generations > 0 runs that many generations instead).
@@ -482,7 +483,8 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     r2 = np.array([c[3] for c in pool])
     priced = np.where(nearby[i], r2, r2 - config.extrapolation_price)
     order_score = selection.selection_score(priced, complexity, config.selection,
-                                            config.complexity_penalty, config.r2_tolerance)
+                                            config.complexity_penalty, config.r2_tolerance,
+                                            config.relative_tolerance)
     order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
     rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]), float(pool[j][3]),
                       int(complexity[j]), float(order_score[j]), pool[j][4])

@@ -54,8 +54,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   generations instead, which makes the result reproducible bit for bit (a time budget
   reaches a machine-dependent number of generations);
   selection: the model-selection rule among the candidates: 'simplest' (the shortest
-  formula whose R2 is within r2_tolerance of the best: on Feynman, the same accuracy
-  as the most accurate formula at 4 SRBench nodes fewer), 'r2' (the most accurate,
+  formula whose R2 is within r2_tolerance of the best, or within relative_tolerance
+  of the best one's error 1 - R2 where that is more: on Feynman, the same accuracy as
+  the most accurate formula at 5 SRBench nodes fewer), 'r2' (the most accurate,
   E2E's rule) or 'penalized' (R2 minus complexity_penalty per node). Every rule prices
   a formula that is not finite just outside the data (the box widened by 10% of each
   feature's range) as 1e-3 of R2 worse, and picks from formulas tidied of constants
@@ -76,7 +77,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
                complexity_penalty: float = 1e-3, r2_tolerance: float = 1e-4,
-               max_time: float | None = None,
+               relative_tolerance: float = 0.1, max_time: float | None = None,
                float64: bool = True, random_state: int | None = None):
     self.pretrained = pretrained
     self.method = method
@@ -93,6 +94,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.selection = selection
     self.complexity_penalty = complexity_penalty
     self.r2_tolerance = r2_tolerance
+    self.relative_tolerance = relative_tolerance
     self.max_time = max_time
     self.float64 = float64
     self.random_state = random_state
@@ -110,7 +112,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         search_time=self.search_time,
         search=search.SearchConfig(generations=self.search_generations, seed=seed),
         selection=self.selection, complexity_penalty=self.complexity_penalty,
-        r2_tolerance=self.r2_tolerance, float64=self.float64, max_time=self.max_time,
+        r2_tolerance=self.r2_tolerance, relative_tolerance=self.relative_tolerance,
+        float64=self.float64, max_time=self.max_time,
         seed=seed)
 
   def _transformer(self) -> Transformer:

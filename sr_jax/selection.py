@@ -134,15 +134,20 @@ def unique_by_skeleton(prefixes: Sequence[expressions.Prefix],
 
 def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
                     complexity_penalty: float = 1e-3,
-                    r2_tolerance: float = 1e-4) -> np.ndarray:
+                    r2_tolerance: float = 1e-4,
+                    relative_tolerance: float = 0.1) -> np.ndarray:
   """Higher is better, within one dataset's candidates.
 
   'r2': E2E's rule, the most accurate. 'penalized': R2 minus a price per prefix node, so
   a much shorter formula wins over a marginally better fit. 'simplest': the shortest
-  formula whose R2 is within r2_tolerance of the best; those score above 1, the
-  shortest highest (ties: the more accurate), and the rest score their R2. On 117
-  Feynman problems at 2 s of search it picked formulas of median SRBench size 18
-  instead of 22 at the same R2 > 0.99 and > 0.999 rates (BENCHMARKS.md).
+  formula whose R2 is within r2_tolerance of the best, or within relative_tolerance
+  of the best formula's error 1 - R2 where that is more (PySR's 'best' rule likewise
+  looks only at formulas whose loss is within 1.5x of the lowest): an exact fit
+  leaves little room, a rough one more. Those score above 1, the shortest highest
+  (ties: the more accurate), and the rest score their R2. On 117 Feynman problems at
+  2 s of search r2_tolerance alone picked formulas of median SRBench size 18 instead
+  of 22 at the same R2 > 0.99 and > 0.999 rates, and relative_tolerance 0.1 17
+  (BENCHMARKS.md).
   """
   r2 = np.asarray(r2, np.float64)
   if rule == "r2":
@@ -153,7 +158,8 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
     finite = np.isfinite(r2)
     if not finite.any():
       return r2
-    within = finite & (r2 >= r2[finite].max() - r2_tolerance)
+    best = r2[finite].max()
+    within = finite & (r2 >= best - max(r2_tolerance, relative_tolerance * (1 - best)))
     shortness = 1 + 1 / (1 + np.asarray(complexity, np.float64))
     return np.where(within, shortness + 1e-6 * np.where(finite, r2, 0), r2)
   raise ValueError(f"unknown selection rule {rule!r}; choose from {SELECTION_RULES}")

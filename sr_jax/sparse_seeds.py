@@ -16,7 +16,10 @@ the dataset's own features:
   once multiplied out (y = b + sum_j w_j p_j - sum_k v_k y q_k), so the same greedy
   regression over the library and the library times y finds it (rational regression);
 - a power law: where every feature is positive and y keeps one sign, log |y| linear
-  in log x_i gives y ~ c prod_i x_i^a_i, exponents rounded to halves.
+  in log x_i gives y ~ c prod_i x_i^a_i, exponents rounded to halves;
+- sums of monomials: y ~ b + sum_j w_j m_j, each m_j a product of up to four features'
+  powers -2, -1, 1 or 2 (c^2 k / (G r^2) + H^2 / G, a physics law's usual shape, which
+  neither the pairs of the wide library nor one power law holds).
 
 These are guesses, not answers: they seed the search (search.SearchConfig.regression_seeds),
 which refits their constants and varies them like any other seed. On noisy data the
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 
@@ -56,11 +60,15 @@ class SparseSeedConfig:
   max_ratio_terms: int = 6  # terms of numerator and denominator together
   max_columns: int = 4000  # library size cap (pairs are dropped first beyond it)
   beam: int = 8  # subsets kept per size in the forward selection
+  # Monomials of up to this many features, fewer while their count exceeds
+  # max_monomials (4 factors fit 6 features: 5,384 columns; 3 factors fit 9).
+  max_factors: int = 4
+  max_monomials: int = 6000
   per_size: int = 2  # seeds written per size
 
   def __post_init__(self):
     if min(self.max_terms, self.max_ratio_terms, self.max_columns, self.beam,
-           self.per_size) < 1:
+           self.per_size, self.max_factors, self.max_monomials) < 1:
       raise ValueError(f"sparse seed sizes must be positive: {self}")
 
 
@@ -119,6 +127,35 @@ def polynomial_library(x_NxD: np.ndarray, degree: int = 3,
   return _finite(terms, columns, len(x_NxD))
 
 
+_MONOMIAL_POWERS = (-2, -1, 1, 2)
+
+
+def monomial_library(x_NxD: np.ndarray, max_factors: int = 4,
+                     max_monomials: int = 6000) -> tuple[list[Prefix], np.ndarray]:
+  """The products of 1 .. k distinct features, each to a power in -2, -1, 1, 2, with k
+  the largest up to max_factors whose count of products stays within max_monomials
+  (the count grows as C(D, k) 4^k). Products with a zero feature in a denominator are
+  left out (not finite)."""
+  x_NxD = np.asarray(x_NxD, np.float64)
+  features = _varying(x_NxD)
+  count = lambda k: sum(math.comb(len(features), j) * len(_MONOMIAL_POWERS)**j
+                        for j in range(1, k + 1))
+  factors = max_factors
+  while factors > 1 and count(factors) > max_monomials:
+    factors -= 1
+  terms, columns = [], []
+  with np.errstate(all="ignore"):
+    powers = {(i, a): x_NxD[:, i]**a for i in features for a in _MONOMIAL_POWERS}
+    for k in range(1, factors + 1):
+      for chosen in itertools.combinations(features, k):
+        for exponents in itertools.product(_MONOMIAL_POWERS, repeat=k):
+          if len(terms) >= max_monomials:
+            break
+          terms.append(_chain("mul", [_power(f"x_{i}", a) for i, a in zip(chosen, exponents)]))
+          columns.append(np.prod([powers[i, a] for i, a in zip(chosen, exponents)], axis=0))
+  return _finite(terms, columns, len(x_NxD))
+
+
 def _varying(x_NxD: np.ndarray) -> list[int]:
   """The features that are not constant (a constant one only repeats other terms)."""
   return [i for i in range(x_NxD.shape[1]) if np.ptp(x_NxD[:, i]) > 0]
@@ -155,17 +192,27 @@ class _Regression:
     residual = self.target - basis_NxK @ (basis_NxK.T @ self.target)
     return float(residual @ residual), tuple(chosen), basis_NxK, residual
 
-  def gains(self, subset: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def gains(self, subset: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per column: how much adding it lowers the subset's residual sum of squares
-    (-1: not addable), its part orthogonal to the subset, and that part's length."""
+    (-1: not addable), and the length of its part orthogonal to the subset. The
+    residual is orthogonal to the subset's basis B, so a column u's orthogonal part
+    u - B B'u meets it as u does, and has squared length 1 - |B'u|^2 (u is unit
+    length): no N x L array is formed, which matters for libraries of thousands of
+    columns."""
     _, chosen, basis_NxK, residual = subset
-    orthogonal_NxL = self.unit_NxL - basis_NxK @ (basis_NxK.T @ self.unit_NxL)
-    length_L = np.linalg.norm(orthogonal_NxL, axis=0)
+    length_L = np.sqrt(np.maximum(
+        1.0 - np.sum((basis_NxK.T @ self.unit_NxL)**2, axis=0), 0.0))
     open_L = self.usable_L & (length_L > 1e-6)
     open_L[list(chosen)] = False
-    gain_L = np.where(open_L, (orthogonal_NxL.T @ residual)**2
+    gain_L = np.where(open_L, (residual @ self.unit_NxL)**2
                       / np.where(open_L, length_L, 1.0)**2, -1.0)
-    return gain_L, orthogonal_NxL, length_L
+    return gain_L, length_L
+
+  def orthogonal(self, subset: tuple, column: int) -> np.ndarray:
+    """The part of a column orthogonal to the subset's basis."""
+    basis_NxK = subset[2]
+    u = self.unit_NxL[:, column]
+    return u - basis_NxK @ (basis_NxK.T @ u)
 
   def swapped(self, subset: tuple, passes: int = 3) -> tuple:
     """The subset after exchanges: each member in turn replaced by the column that
@@ -208,12 +255,12 @@ def _subset_path(columns_NxL: np.ndarray, target_N: np.ndarray, max_terms: int,
     grown = {}
     for subset in subsets:
       _, chosen, basis_NxK, residual = subset
-      gain_L, orthogonal_NxL, length_L = regression.gains(subset)
+      gain_L, length_L = regression.gains(subset)
       for j in np.argsort(-gain_L)[:beam]:
         key = tuple(sorted(chosen + (int(j),)))
         if gain_L[j] < 0 or key in grown:
           continue
-        direction = orthogonal_NxL[:, j] / length_L[j]
+        direction = regression.orthogonal(subset, int(j)) / length_L[j]
         rest = residual - direction * (direction @ residual)
         grown[key] = (float(rest @ rest), chosen + (int(j),), (basis_NxK, direction), rest)
     if not grown:
@@ -312,6 +359,13 @@ def seeds(x_NxD: np.ndarray, y_N: np.ndarray,
     if terms:
       kinds += [[["add", shift, "mul", scale] + seed for seed in kind]
                 for kind in _sums_and_ratios(terms, columns_NxL, standard_N, config)]
+  terms, columns_NxL = monomial_library(x_NxD, config.max_factors, config.max_monomials)
+  if terms:
+    kinds.append([["add", shift, "mul", scale]
+                  + _sum(intercept, weights, [terms[j] for j in chosen])
+                  for chosen, weights, intercept in _subset_path(
+                      columns_NxL, standard_N, config.max_terms, config.beam,
+                      config.per_size)])
   power_law = _power_law(x_NxD, y_N)
   kinds.append([power_law] if power_law is not None else [])
   # Taken in turns, so that a population with room for only some of them gets the

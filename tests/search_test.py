@@ -75,6 +75,10 @@ def test_reweighted_formulas_read_scaled_features(seed, dim):
     assert search.returned_complexity(prefix) == len(search.reweighted(prefix, factors))
   assert search.reweighted(["mul", 2.0, "x_0"], [3.0]) == ["mul", 6.0, "x_0"]
   assert search.reweighted(["sin", "x_0"], [3.0]) == ["sin", "mul", 3.0, "x_0"]
+  # A product of powers under a coefficient folds into it: 2 * 3^2 / 4 = 4.5.
+  monomial = ["mul", 2.0, "mul", "pow2", "x_0", "inv", "x_1"]
+  assert search.reweighted(monomial, [3.0, 4.0]) == ["mul", 4.5] + monomial[2:]
+  assert search.returned_complexity(monomial) == len(monomial)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ def _best_error(found, x, y):
 
 
 @pytest.mark.parametrize("make_library", [sparse_seeds.library,
-                                          sparse_seeds.polynomial_library])
+                                          sparse_seeds.polynomial_library,
+                                          sparse_seeds.monomial_library])
 def test_library_terms_evaluate_to_their_columns(make_library):
   rng = np.random.default_rng(0)
   x = rng.uniform(0.5, 2.0, (50, 3))
@@ -59,6 +60,60 @@ def test_planted_laws_come_back_exact(law):
   assert _best_error(found, fresh, law(fresh)) < 1e-6
   for prefix in found:
     assert max(expressions.variables_used(prefix)) < 3
+
+
+def test_monomials_use_as_many_factors_as_the_column_budget_allows():
+  """C(D, k) 4^k products of k features: 4 factors for 6 features (5,384 columns), 3
+  for 9 (5,988), 2 for 10 (760), under the default budget of 6,000."""
+  rng = np.random.default_rng(0)
+  for features, count, factors in ((6, 5384, 4), (9, 5988, 3), (10, 760, 2)):
+    terms, columns = sparse_seeds.monomial_library(rng.uniform(0.5, 2.0, (20, features)))
+    assert len(terms) == columns.shape[1] == count
+    assert max(term.count("mul") + 1 for term in terms) == factors
+  x = rng.uniform(0.5, 2.0, (20, 3))
+  x[4, 1] = 0.0  # 1 / x_1 is not finite there: no term divides by x_1
+  terms, _ = sparse_seeds.monomial_library(x)
+  assert ["x_1"] in terms and ["inv", "x_1"] not in terms
+  # All 12 + 48 + 64 products but those with x_1 to -1 or -2: 2 alone, 2 x 8 in pairs,
+  # 32 in the triple.
+  assert len(terms) == 124 - (2 + 2 * 8 + 32)
+  with np.errstate(all="ignore"):
+    assert all(np.all(np.isfinite(expressions.evaluate(term, x))) for term in terms)
+
+
+def test_each_gain_is_the_drop_in_residual_that_adding_the_column_gives():
+  """The closed-form gains (no N x L orthogonalisation) against refitting with numpy's
+  least squares for every column."""
+  rng = np.random.default_rng(3)
+  columns = rng.normal(size=(40, 12))
+  columns[:, 5] = columns[:, 0] - 2 * columns[:, 1]  # in the span of a subset below
+  target = rng.normal(size=40)
+  regression = sparse_seeds._Regression(columns, target)
+  subset = regression.fit((0, 1, 7))
+  gains, _ = regression.gains(subset)
+
+  def rss(chosen):
+    design = np.column_stack([np.ones(40), columns[:, chosen]])
+    residual = target - design @ np.linalg.lstsq(design, target, rcond=None)[0]
+    return residual @ residual
+
+  np.testing.assert_allclose(subset[0], rss([0, 1, 7]), rtol=1e-10)
+  for j in range(12):
+    if j in (0, 1, 7, 5):  # chosen, or adds nothing new
+      assert gains[j] == -1.0
+    else:
+      np.testing.assert_allclose(gains[j], rss([0, 1, 7]) - rss([0, 1, 7, j]), rtol=1e-8)
+
+
+def test_a_sum_of_physics_monomials_comes_back_exact():
+  """Weinberg's 15.2.1 (Feynman test_18), rho = 3 / (8 pi G) (c^2 k / r^2 + H^2): two
+  products of four and two features, out of reach of the other libraries."""
+  rng = np.random.default_rng(4)
+  law = lambda x: 3 / (8 * np.pi * x[:, 0]) * (x[:, 4]**2 * x[:, 1] / x[:, 2]**2 + x[:, 3]**2)
+  x, fresh = rng.uniform(1.0, 5.0, (128, 5)), rng.uniform(1.0, 5.0, (200, 5))
+  assert _best_error(sparse_seeds.seeds(x, law(x)), fresh, law(fresh)) < 1e-6
+  no_monomials = sparse_seeds.SparseSeedConfig(max_factors=1)
+  assert _best_error(sparse_seeds.seeds(x, law(x), no_monomials), fresh, law(fresh)) > 1e-3
 
 
 def test_y_of_any_finite_size_is_regressed():

@@ -122,5 +122,10 @@ def test_simplest_rule_picks_the_shortest_within_the_tolerance():
   score = selection.selection_score(r2, complexity, "simplest", r2_tolerance=1e-7)
   assert np.argmax(score) == 1
   assert np.argmax(selection.selection_score(r2, complexity, "r2")) == 1
+  # A rough best fit (1 - R2 = 0.04) leaves 10% of its error: 0.957 is within, 0.9 not.
+  r2, complexity = np.array([0.9, 0.957, 0.96]), np.array([3, 10, 25])
+  assert np.argmax(selection.selection_score(r2, complexity, "simplest")) == 1
+  assert np.argmax(selection.selection_score(r2, complexity, "simplest",
+                                             relative_tolerance=0.0)) == 2
   with pytest.raises(ValueError, match="unknown selection rule 'best'"):
     selection.selection_score(r2, complexity, "best")
