@@ -24,7 +24,8 @@ started from the proposals (plus a share of random formulas), for a time budget:
   the seeded one). Two islands, at equal work per generation, measured +5 points R2 >
   0.99 on Feynman and Strogatz (BENCHMARKS.md);
 - island 1 also starts from regression seeds (sparse_seeds.py): sums and ratios of a
-  few library terms (x^2, sin(x0 - x1), cos(x1) / x0, ...) and a power law, fitted by
+  few library terms (x^2, sin(x0 - x1), cos(x1) / x0, c^2 k / (G r^2), ...) and a power
+  law, fitted by
   least squares on the dataset in one pass. Laws of a few such terms (most Strogatz
   systems, many Feynman laws) are then held from the start, where mutation would
   assemble them term by term.
@@ -32,7 +33,8 @@ started from the proposals (plus a share of random formulas), for a time budget:
 The search takes and returns formulas on the dataset's own features. Inside, y is
 standardised (float32 then holds any finite y; formulas map back through their affine
 top) and each feature divided by its root mean square, not standardised: x_k / r_k
-maps back to one weight, mul(1/r_k, x_k), folded into a weight already there, where
+maps back to one weight, mul(1/r_k, x_k), folded into a weight already there (or into
+the coefficient of a product of powers, c x0^2 / x1, which then needs none), where
 standardising would write every variable as (x_k - m_k) / s_k, 5 nodes (formulas 1.5x
 the size of Operon's, BENCHMARKS.md), and would hide sin(x0 - x1) behind offsets.
 
