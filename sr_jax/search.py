@@ -130,7 +130,8 @@ def affine(prefix: Sequence) -> list:
 
 
 def reweighted(prefix: Sequence, factors: Sequence[float]) -> list:
-  """prefix with each x_k read as factors[k] * x_k. In a product of powers under a
+  """prefix with each x_k read as factors[k] * x_k (factors > 0: feature scales, so that
+  sqrt(f x) = sqrt(f) sqrt(x) may fold). In a product of powers under a
   coefficient, c * x_0^2 / x_1, the factors fold into c (c f_0^2 / f_1); elsewhere the
   factor multiplies the weight c of mul(c, x_k) or mul(x_k, c) where there is one, else
   mul(factor, x_k) is written. Folding keeps a monomial seed as short as it was: a

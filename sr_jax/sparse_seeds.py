@@ -318,11 +318,17 @@ def _power(variable: str, exponent: float) -> Prefix:
   return named.get(float(exponent), ["pow", variable, float(exponent)])
 
 
-def _sums_and_ratios(terms: list[Prefix], columns_NxL: np.ndarray, y_N: np.ndarray,
-                     config: SparseSeedConfig) -> tuple[list[Prefix], list[Prefix]]:
-  sums = [_sum(intercept, weights, [terms[j] for j in chosen])
+def _sums(terms: list[Prefix], columns_NxL: np.ndarray, y_N: np.ndarray,
+          config: SparseSeedConfig) -> list[Prefix]:
+  """b + sum_j w_j t_j for the best subsets of each size of the library's terms."""
+  return [_sum(intercept, weights, [terms[j] for j in chosen])
           for chosen, weights, intercept in _subset_path(
               columns_NxL, y_N, config.max_terms, config.beam, config.per_size)]
+
+
+def _sums_and_ratios(terms: list[Prefix], columns_NxL: np.ndarray, y_N: np.ndarray,
+                     config: SparseSeedConfig) -> tuple[list[Prefix], list[Prefix]]:
+  sums = _sums(terms, columns_NxL, y_N, config)
   # Ratios: the library, then the library times y (the denominator's terms).
   both_NxL = np.concatenate([columns_NxL, columns_NxL * y_N[:, None]], axis=1)
   ratios = []
@@ -361,11 +367,8 @@ def seeds(x_NxD: np.ndarray, y_N: np.ndarray,
                 for kind in _sums_and_ratios(terms, columns_NxL, standard_N, config)]
   terms, columns_NxL = monomial_library(x_NxD, config.max_factors, config.max_monomials)
   if terms:
-    kinds.append([["add", shift, "mul", scale]
-                  + _sum(intercept, weights, [terms[j] for j in chosen])
-                  for chosen, weights, intercept in _subset_path(
-                      columns_NxL, standard_N, config.max_terms, config.beam,
-                      config.per_size)])
+    kinds.append([["add", shift, "mul", scale] + seed
+                  for seed in _sums(terms, columns_NxL, standard_N, config)])
   power_law = _power_law(x_NxD, y_N)
   kinds.append([power_law] if power_law is not None else [])
   # Taken in turns, so that a population with room for only some of them gets the
