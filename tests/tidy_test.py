@@ -109,7 +109,7 @@ def test_the_pipeline_returns_tidy_formulas():
   best = inference.run(None, [(x, y)], config, propose=propose).results[0].best
   assert best.source == "search" and best.r2 > 1 - 1e-12
   assert best.prefix == ("add", 7.0, "mul", "x_0", "x_1")
-  untidy = inference.run(None, [(x, y)], dataclasses.replace(config, tidy=None),
+  untidy = inference.run(None, [(x, y)], dataclasses.replace(config, tidy=None, simplify=False),
                          propose=propose).results[0].best
   assert len(untidy.prefix) > len(best.prefix)
 

@@ -1,0 +1,109 @@
+"""Exact algebraic rewrites that make a found formula smaller to read.
+
+The search and tidy.py work on prefix trees; a user (and SRBench's model size) reads
+the sympy form. The two disagree about what is small: the search writes
+q v (-2.78 B sin(theta - pi) + 2.78 Ef / v) or m_0 - 0.16 m_0 v / c + 0.89 m_0 v^2 / c^2,
+where pulling out the common factors (sympy's factor_terms), multiplying out
+(expand), or both, gives the same function in fewer nodes: q (B v sin(theta) + Ef),
+m_0 (1 - 0.16 v / c + 0.89 v^2 / c^2). Constants that such a rewrite multiplies into an
+integer up to rounding (0.359 * 2.784 = 1.0000000000001) become that integer.
+
+A rewrite is kept only when it has fewer SRBench nodes, no more prefix tokens (so
+the selection rule, which prices tokens, would pick it over the formula it replaces),
+and gives the same values on the dataset's points: sympy reasons about real numbers,
+the formulas are evaluated in floating point with NaN outside their domains, so the
+check is numerical, not symbolic.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import sympy
+
+from sr_jax import expressions, metrics
+
+# A rewrite that multiplies out more terms than this is not tried: expanding
+# (a + b + c)^3 (a + b)^3 is slow in sympy and never shorter.
+MAX_EXPANDED_TERMS = 64
+# Relative distance to an integer under which a rewritten constant is that integer.
+INTEGER_TOLERANCE = 1e-9
+# Relative agreement, on the dataset's points, of a rewrite with the formula.
+VALUE_TOLERANCE = 1e-8
+
+
+def _expanded_terms(expr: sympy.Expr) -> int:
+  """How many terms sympy.expand(expr) can produce at most (an upper bound)."""
+  if expr.is_Add:
+    return sum(_expanded_terms(a) for a in expr.args)
+  if expr.is_Mul:
+    return math.prod(_expanded_terms(a) for a in expr.args)
+  if expr.is_Pow and expr.exp.is_Integer and int(expr.exp) > 0:
+    return _expanded_terms(expr.base) ** int(expr.exp)
+  if expr.args:  # a function: expand works inside it, but its terms stay inside
+    return max(_expanded_terms(a) for a in expr.args)
+  return 1
+
+
+def _expand(expr: sympy.Expr) -> sympy.Expr:
+  return sympy.expand(expr) if _expanded_terms(expr) <= MAX_EXPANDED_TERMS else expr
+
+
+REWRITES: tuple[Callable[[sympy.Expr], sympy.Expr], ...] = (
+    sympy.factor_terms,
+    _expand,
+    lambda e: sympy.factor_terms(_expand(e)),
+)
+
+
+def _integers_rounded(expr: sympy.Expr) -> sympy.Expr:
+  """Floats within INTEGER_TOLERANCE (relative) of a nonzero integer become it."""
+  rounded = {}
+  for number in expr.atoms(sympy.Float):
+    nearest = round(float(number))
+    if nearest and abs(float(number) - nearest) <= INTEGER_TOLERANCE * abs(nearest):
+      rounded[number] = sympy.Integer(nearest)
+  return expr.xreplace(rounded) if rounded else expr
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+  finite = np.isfinite(a)
+  if not np.array_equal(finite, np.isfinite(b)) or not finite.any():
+    return False
+  scale = np.max(np.abs(a[finite]))
+  return bool(np.all(np.abs(a[finite] - b[finite]) <= VALUE_TOLERANCE * scale))
+
+
+def srbench_size(prefix: expressions.Prefix, num_features: int) -> int:
+  """SRBench's model size of the formula, as its model string reads."""
+  names = [f"x_{i}" for i in range(num_features)]
+  return metrics.model_size(expressions.model_string(prefix, names), names)
+
+
+def simplified(prefix: expressions.Prefix, x: np.ndarray) -> list:
+  """The smallest of prefix and its exact rewrites (by SRBench size, then tokens)
+  that evaluates like prefix on x (N x D); prefix itself when none does."""
+  prefix = list(prefix)
+  num_features = x.shape[1]
+  symbols = expressions.default_symbols(num_features)
+  values = expressions.evaluate(prefix, x)
+  best, best_size = prefix, srbench_size(prefix, num_features)
+  expr = expressions.to_sympy(prefix, symbols)
+  tried = set()
+  for rewrite in REWRITES:
+    try:
+      candidate = expressions.from_sympy(_integers_rounded(rewrite(expr)), symbols)
+    except (expressions.ExpressionError, TypeError, ValueError):
+      continue  # a form outside the operator set (or a non-real constant)
+    key = tuple(map(str, candidate))
+    if key in tried or len(candidate) > len(prefix):
+      continue
+    tried.add(key)
+    size = srbench_size(candidate, num_features)
+    if ((size, len(candidate)) < (best_size, len(best))
+        and _same_values(values, expressions.evaluate(candidate, x))):
+      best, best_size = candidate, size
+  return best
+
