@@ -62,6 +62,8 @@ def _integers_rounded(expr: sympy.Expr) -> sympy.Expr:
   """Floats within INTEGER_TOLERANCE (relative) of a nonzero integer become it."""
   rounded = {}
   for number in expr.atoms(sympy.Float):
+    if not abs(float(number)) < 2.0 ** 53:  # beyond float64's integers, or inf
+      continue
     nearest = round(float(number))
     if nearest and abs(float(number) - nearest) <= INTEGER_TOLERANCE * abs(nearest):
       rounded[number] = sympy.Integer(nearest)
@@ -95,8 +97,9 @@ def simplified(prefix: expressions.Prefix, x: np.ndarray) -> list:
   for rewrite in REWRITES:
     try:
       candidate = expressions.from_sympy(_integers_rounded(rewrite(expr)), symbols)
-    except (expressions.ExpressionError, TypeError, ValueError):
-      continue  # a form outside the operator set (or a non-real constant)
+    except (expressions.ExpressionError, ArithmeticError, RecursionError, TypeError,
+            ValueError):
+      continue  # a form outside the operator set, a non-real or overflowing constant
     key = tuple(map(str, candidate))
     if key in tried or len(candidate) > len(prefix):
       continue

@@ -76,6 +76,13 @@ def test_a_rewrite_that_changes_values_on_the_points_is_refused():
   assert simplify.simplified(prefix, x) == prefix
 
 
+def test_constants_beyond_float64_are_left_as_they_are():
+  """sympy multiplies 1e300 * 1e300 exactly; float64 cannot hold the product."""
+  prefix = ["mul", 1e300, "mul", 1e300, "x_0"]
+  x = np.random.default_rng(5).uniform(1e-310, 2e-310, size=(16, 3))
+  assert simplify.simplified(prefix, x) == prefix
+
+
 @pytest.mark.parametrize("text", ["(x_0 + x_1)**3*(x_1 + x_2)**2", "x_0*(x_1 + 1)*(x_2 - 2)",
                                   "sin((x_0 + x_1)**2) + x_2*(x_0 + 2)"])
 def test_the_expansion_bound_is_an_upper_bound(text):
