@@ -35,13 +35,14 @@ VALUE_TOLERANCE = 1e-8
 
 
 def _expanded_terms(expr: sympy.Expr) -> int:
-  """How many terms sympy.expand(expr) can produce at most (an upper bound)."""
+  """How many terms sympy.expand(expr) can produce at most (an upper bound; a
+  denominator counts too: expand multiplies out (a + b)**-3 as well)."""
   if expr.is_Add:
     return sum(_expanded_terms(a) for a in expr.args)
   if expr.is_Mul:
     return math.prod(_expanded_terms(a) for a in expr.args)
-  if expr.is_Pow and expr.exp.is_Integer and int(expr.exp) > 0:
-    return _expanded_terms(expr.base) ** int(expr.exp)
+  if expr.is_Pow and expr.exp.is_Integer:
+    return _expanded_terms(expr.base) ** abs(int(expr.exp))
   if expr.args:  # a function: expand works inside it, but its terms stay inside
     return max(_expanded_terms(a) for a in expr.args)
   return 1

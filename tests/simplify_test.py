@@ -92,9 +92,12 @@ def test_the_expansion_bound_is_an_upper_bound(text):
   assert terms <= simplify._expanded_terms(expr)
 
 
-def test_a_large_expansion_is_not_tried():
-  """(x_0 + x_1 + x_2)^27 would take sympy minutes to multiply out."""
-  prefix = ["pow3", "pow3", "pow3", "add", "x_0", "add", "x_1", "x_2"]
+@pytest.mark.parametrize("prefix", [
+    ["pow3", "pow3", "pow3", "add", "x_0", "add", "x_1", "x_2"],
+    ["inv", "pow3", "pow3", "pow3", "add", "x_0", "add", "x_1", "x_2"]])
+def test_a_large_expansion_is_not_tried(prefix):
+  """(x_0 + x_1 + x_2)^27 would take sympy minutes to multiply out, in a numerator or
+  in a denominator."""
   assert simplify._expanded_terms(expressions.to_sympy(prefix, SYMBOLS)) > 1000
   x = np.random.default_rng(3).uniform(0.5, 0.6, size=(16, 3))
   assert simplify.simplified(prefix, x) == prefix
