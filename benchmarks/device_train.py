@@ -111,8 +111,8 @@ def _train(args) -> dict:
   config.train.keep_model_files = False
   if args.init_from:
     header, _ = pretrained.read(args.init_from)
-    if pretrained.model_config(header, args.init_from) == training.RunConfig.from_config_dict(
-        config).model:
+    if pretrained.model_config(header, args.init_from) == pretrained.architecture(
+        training.RunConfig.from_config_dict(config).model):
       config.train.init_from = args.init_from
     else:
       print(f"not warm-starting: {args.init_from} is another model config", flush=True)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --sizes small                   # the shipped defaults
     python benchmarks/train_throughput.py --sizes small --variant e2e     # E2E's batching and softmax
+    python benchmarks/train_throughput.py --sizes small --variant bf16    # mixed precision
     python benchmarks/train_throughput.py --sizes debug,s3m,small --steps 20
 
 Runs train.py's jitted step on `--steps` consecutive batches of the training stream
@@ -13,7 +14,9 @@ points and tokens only (flops.py; the CPU peak is the one in flops.PEAK_FLOPS).
 
 Variants: `default` is the config as shipped (length-grouped targets, grammar-factored
 output layer); `e2e` pads every target to 128 tokens and scores the whole vocabulary
-at every position, as sr_jax did before and as E2E's output layer does.
+at every position, as sr_jax did before and as E2E's output layer does; `bf16` is the
+default in mixed precision (bf16 products, float32 sums and parameters;
+mixed_precision.py), whose MFU is taken against the bf16 peak (flops.py).
 """
 
 import argparse
@@ -33,6 +36,7 @@ from sr_jax import data, flops, model, training  # noqa: E402
 
 VARIANTS = {
     "default": {},
+    "bf16": {"model.dtype": "bfloat16"},
     "e2e": {"data.length_groups": 1, "data.target_buckets": (128,),
             "model.output_layer": "full"},
 }

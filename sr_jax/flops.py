@@ -16,9 +16,12 @@ from sr_jax.tokens import NUM_MANTISSAS, TOKENS_PER_FLOAT
 # Dense peak FLOP/s per device by compute dtype. Sources: vendor data sheets, as in levanter's
 # flop_utils.py. float32 entries are what JAX's *default* matmul precision reaches: TF32 on
 # Hopper (pure-FP32 CUDA cores peak at 67 TFLOP/s), bf16 passes on TPU (same as bf16).
-# H200 has H100's compute (more, faster memory). CPU: this project's 2-core AMD EPYC Zen 3
-# machine, numpy float32 2048^2 matmul measured 159 GFLOP/s (spec/measured.md); bf16 matmuls
-# are slower there, so the float32 figure is the ceiling for both.
+# H200 has H100's compute (more, faster memory). CPU: this project's 2-core machines, as
+# measured on a 2048^2 matmul: float32 159 GFLOP/s (numpy, AMD EPYC Zen 3,
+# spec/measured.md), where bf16 is slower, so the float32 figure is the ceiling for both;
+# on a Xeon with AMX tiles, bf16 operands with float32 sums (mixed_precision.py) reach
+# CPU_AMX_BF16_PEAK (JAX, BENCHMARKS.md "Mixed precision").
+CPU_AMX_BF16_PEAK = 586e9
 PEAK_FLOPS: dict[str, dict[str, float]] = {
     "h100": {"bfloat16": 989.5e12, "float32": 494.7e12},
     "h200": {"bfloat16": 989.5e12, "float32": 494.7e12},
@@ -61,11 +64,22 @@ def device_peak_flops(device: jax.Device | str, dtype: str = "bfloat16") -> floa
   """Peak FLOP/s of one device, from its device_kind; None when the kind is not in PEAK_FLOPS,
   so that callers report MFU as unknown rather than a made-up number."""
   kind = (device if isinstance(device, str) else device.device_kind).lower()
+  if kind == "cpu" and jax.numpy.dtype(dtype) == jax.numpy.bfloat16 and _cpu_has_amx():
+    return CPU_AMX_BF16_PEAK
   # Longest key first, so 'tpu v5 lite' wins over 'tpu v5'.
   for key in sorted(PEAK_FLOPS, key=len, reverse=True):
     if key in kind:
       return PEAK_FLOPS[key][str(jax.numpy.dtype(dtype))]
   return None
+
+
+def _cpu_has_amx() -> bool:
+  """Whether this host's CPU has AMX bf16 tiles (Linux: /proc/cpuinfo's flags)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return "amx_bf16" in f.read()
+  except OSError:
+    return False
 
 
 def mfu(flops_per_step: float, step_seconds: float, num_devices: int,

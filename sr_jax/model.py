@@ -6,8 +6,10 @@ causal self-attention and cross-attention -> logits tied to the decoder embeddin
 Post-LayerNorm blocks as in E2E (XLM), pre-LN as an option.
 
 Every parameter carries logical axis names (sharding.DEFAULT_RULES); parameters stay
-in `param_dtype` and are cast to the compute `dtype` at use. Attention scores,
-softmax, LayerNorm statistics and logits are float32.
+in `param_dtype` and are cast to the compute `dtype` at use. Every matrix product sums
+in float32 whatever the compute dtype (mixed_precision.py: with bfloat16 this is mixed
+precision, forward and backward). Attention scores, softmax, LayerNorm statistics and
+logits are float32.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sr_jax import sharding
+from sr_jax import mixed_precision, sharding
 from sr_jax.tokens import DECODER_VOCAB, ENCODER_VOCAB, INPUT_PAD, OUTPUT_PAD
 from sr_jax.tokens import SIGN_WORDS, TOKENS_PER_FLOAT
 
@@ -154,8 +156,8 @@ class Dense(nnx.Module):
     self.bias = param(nnx.initializers.zeros, (d_out,), names[1:])
 
   def __call__(self, x_BxSxI: jax.Array) -> jax.Array:
-    return (x_BxSxI.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
-            + self.bias[...].astype(self.dtype))
+    y_BxSxO = mixed_precision.matmul(x_BxSxI, self.kernel[...], self.dtype)
+    return (y_BxSxO + self.bias[...]).astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -198,18 +200,16 @@ class Attention(nnx.Module):
     self.o_bias_d = param(zeros, (D,), ("embed",))
 
   def _project(self, x_BxSxD, weight, bias, seq_name):
-    y_BxSxHxK = (jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(self.dtype),
-                            weight[...].astype(self.dtype))
-                 + bias[...].astype(self.dtype))
+    y_BxSxHxK = (mixed_precision.einsum("bsd,dhk->bshk", x_BxSxD, weight[...], self.dtype)
+                 + bias[...]).astype(self.dtype)
     return sharding.constrain(y_BxSxHxK, ("batch", seq_name, "heads", "kv"))
 
   def kv(self, x_BxSxD: jax.Array, seq_name: str) -> tuple[jax.Array, jax.Array]:
     """Keys and values, heads before positions (BxHxSxK): the layout the attention dots
     read, so a decoding cache in it is never transposed (that copy dominated a CPU step)."""
     def project(weight, bias):
-      y_BxHxSxK = (jnp.einsum("bsd,dhk->bhsk", x_BxSxD.astype(self.dtype),
-                              weight[...].astype(self.dtype))
-                   + bias[...].astype(self.dtype)[:, None, :])
+      y_BxHxSxK = (mixed_precision.einsum("bsd,dhk->bhsk", x_BxSxD, weight[...], self.dtype)
+                   + bias[...][:, None, :]).astype(self.dtype)
       return sharding.constrain(y_BxHxSxK, ("batch", "heads", seq_name, "kv"))
     return project(self.k_weight_dhk, self.k_bias_hk), project(self.v_weight_dhk, self.v_bias_hk)
 
@@ -221,22 +221,24 @@ class Attention(nnx.Module):
     update is the cache's only use after the read and XLA does it in place (attending
     over the updated cache made XLA copy the whole cache several times a step)."""
     q_BxLxHxK = self._project(x_BxLxD, self.q_weight_dhk, self.q_bias_hk, q_name)
-    scores_BxHxLxS = jnp.einsum("blhk,bhsk->bhls", q_BxLxHxK, k_BxHxSxK,
-                                preferred_element_type=jnp.float32) * self.scale
+    scores_BxHxLxS = mixed_precision.einsum("blhk,bhsk->bhls", q_BxLxHxK, k_BxHxSxK,
+                                            self.dtype) * self.scale
     scores_BxHxLxS = jnp.where(mask_BxLxS[:, None], scores_BxHxLxS, NEG_INF)
     if current_kv is not None:
-      scores_BxHxLxS = jnp.concatenate([scores_BxHxLxS, jnp.einsum(
-          "blhk,bhsk->bhls", q_BxLxHxK, current_kv[0],
-          preferred_element_type=jnp.float32) * self.scale], axis=-1)
+      scores_BxHxLxS = jnp.concatenate([scores_BxHxLxS, mixed_precision.einsum(
+          "blhk,bhsk->bhls", q_BxLxHxK, current_kv[0], self.dtype) * self.scale], axis=-1)
     probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(self.dtype)
     S = k_BxHxSxK.shape[2]
     # Heads stay before positions until the output projection: a "blhk" result made
     # XLA:CPU's dot 4x slower (cross-attention while decoding).
-    out_BxHxLxK = jnp.einsum("bhls,bhsk->bhlk", probs_BxHxLxS[..., :S], v_BxHxSxK)
+    out_BxHxLxK = mixed_precision.einsum("bhls,bhsk->bhlk", probs_BxHxLxS[..., :S], v_BxHxSxK,
+                                         self.dtype)
     if current_kv is not None:
-      out_BxHxLxK += jnp.einsum("bhls,bhsk->bhlk", probs_BxHxLxS[..., S:], current_kv[1])
-    y_BxLxD = (jnp.einsum("bhlk,hkd->bld", out_BxHxLxK, self.o_weight_hkd[...].astype(self.dtype))
-               + self.o_bias_d[...].astype(self.dtype))
+      out_BxHxLxK += mixed_precision.einsum("bhls,bhsk->bhlk", probs_BxHxLxS[..., S:],
+                                            current_kv[1], self.dtype)
+    y_BxLxD = (mixed_precision.einsum("bhlk,hkd->bld", out_BxHxLxK, self.o_weight_hkd[...],
+                                      self.dtype)
+               + self.o_bias_d[...]).astype(self.dtype)
     return sharding.constrain(y_BxLxD, ("batch", q_name, "activation_embed"))
 
   def __call__(self, x_BxLxD, kv_BxSxD, mask_BxLxS, q_name, kv_name) -> jax.Array:
@@ -375,18 +377,20 @@ class Transformer(nnx.Module):
     E, F = cfg.token_embed_dim, self.embed_hidden.kernel.shape[1]
     sign_slots = np.arange(0, T, TOKENS_PER_FLOAT)
     value_slots = np.setdiff1d(np.arange(T), sign_slots)
-    table_VxE = self.point_embed[...].astype(self.dtype)
-    kernel_TxExF = self.embed_hidden.kernel[...].astype(self.dtype).reshape(T, E, F)
+    table_VxE = self.point_embed[...]
+    kernel_TxExF = self.embed_hidden.kernel[...].reshape(T, E, F)
     values_BxNxS = points_BxNxT[..., value_slots]
     emb_BxNxSxE = jnp.where((values_BxNxS != cfg.encoder_pad_id)[..., None],
                             jnp.take(table_VxE, values_BxNxS, axis=0), 0)
-    h_BxNxF = (emb_BxNxSxE.reshape(B, N, len(value_slots) * E)
-               @ kernel_TxExF[value_slots].reshape(len(value_slots) * E, F))
+    h_BxNxF = mixed_precision.matmul(emb_BxNxSxE.reshape(B, N, len(value_slots) * E),
+                                     kernel_TxExF[value_slots].reshape(len(value_slots) * E, F),
+                                     self.dtype)
     sign_words_W = np.array([ENCODER_VOCAB.ids[w] for w in _SIGN_SLOT_WORDS])
-    share_TxWxF = jnp.einsum("we,tef->twf", table_VxE[sign_words_W], kernel_TxExF[sign_slots])
+    share_TxWxF = mixed_precision.einsum("we,tef->twf", table_VxE[sign_words_W],
+                                         kernel_TxExF[sign_slots], self.dtype)
     onehot_BxNxTxW = (points_BxNxT[..., sign_slots, None] == sign_words_W).astype(self.dtype)
-    h_BxNxF += jnp.einsum("bntw,twf->bnf", onehot_BxNxTxW, share_TxWxF)
-    return h_BxNxF + self.embed_hidden.bias[...].astype(self.dtype)
+    h_BxNxF += mixed_precision.einsum("bntw,twf->bnf", onehot_BxNxTxW, share_TxWxF, self.dtype)
+    return (h_BxNxF + self.embed_hidden.bias[...]).astype(self.dtype)
 
   def _embed_targets(self, targets_BxL: jax.Array, positions_L: jax.Array) -> jax.Array:
     tok_BxLxD = jnp.take(self.token_embed[...], targets_BxL, axis=0)
@@ -482,6 +486,6 @@ class Transformer(nnx.Module):
     embed_VxD, bias_V = self.token_embed[...], self.output_bias[...]
     if vocab_ids is not None:
       embed_VxD, bias_V = embed_VxD[vocab_ids], bias_V[vocab_ids]
-    logits_xV = jnp.einsum("...d,vd->...v", hidden_xD, embed_VxD.astype(self.dtype),
-                           preferred_element_type=jnp.float32)
-    return logits_xV + bias_V.astype(jnp.float32)
+    logits_SxV = mixed_precision.einsum("sd,vd->sv", hidden_xD.reshape(-1, hidden_xD.shape[-1]),
+                                        embed_VxD, self.dtype)
+    return (logits_SxV + bias_V.astype(jnp.float32)).reshape(*hidden_xD.shape[:-1], -1)

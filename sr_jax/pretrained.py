@@ -98,7 +98,7 @@ def write_arrays(path: str, config: ModelConfig, params: dict[str, np.ndarray],
       "format": FORMAT, "version": VERSION, "token_format": TOKEN_FORMAT,
       "vocabulary": {"encoder": vocabulary_fingerprint(tokens.ENCODER_VOCAB),
                      "decoder": vocabulary_fingerprint(tokens.DECODER_VOCAB)},
-      "model_config": dataclasses.asdict(config),
+      "model_config": dataclasses.asdict(architecture(config)),
       "card": card or {},
       "arrays": index,
   }
@@ -180,6 +180,14 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
                            f"{spec['shape']}")
     arrays[name] = value.astype(np.float32)
   return header, arrays
+
+
+def architecture(config: ModelConfig) -> ModelConfig:
+  """The config a model file stores: float32 compute. The compute dtype is how a run
+  computes, not what the model is: a model trained in mixed precision (bf16 products)
+  is used in float32 unless its user asks otherwise, and warm-starts a run of either
+  dtype."""
+  return dataclasses.replace(config, dtype="float32")
 
 
 def model_config(header: dict, path: str = "") -> ModelConfig:

@@ -429,10 +429,11 @@ def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):
   the steps the file's run consumed when both use the same seed."""
   header, arrays = pretrained.read(cfg.train.init_from)
   file_config = pretrained.model_config(header, cfg.train.init_from)
-  if file_config != cfg.model:
+  if file_config != pretrained.architecture(cfg.model):
     differing = {f.name: (getattr(file_config, f.name), getattr(cfg.model, f.name))
                  for f in dataclasses.fields(file_config)
-                 if getattr(file_config, f.name) != getattr(cfg.model, f.name)}
+                 if f.name != "dtype"
+                 and getattr(file_config, f.name) != getattr(cfg.model, f.name)}
     raise pretrained.ModelFileError(
         f"cannot warm-start from {cfg.train.init_from!r}: its model config differs from this "
         f"run's in (file, run) = {differing}")
@@ -469,6 +470,7 @@ def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: d
       "compute": {k: record[k] for k in TOTALS},
       "non_embedding_parameters": model_lib.count_non_embedding_params(model),
       "device": f"{jax.device_count()} x {device.device_kind} ({device.platform})",
+      "compute_dtype": model.config.dtype,  # of training; the file's config is float32
       "date": time.strftime("%Y-%m-%d %H:%M:%S"),
       "validation": {k: float(v) for k, v in eval_metrics.items()},
       "data": json.loads(config.data.to_json_best_effort()),

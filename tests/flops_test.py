@@ -50,7 +50,8 @@ def test_factored_output_costs_a_fraction_of_the_full_one():
 def test_device_peak_flops():
   """Vendor data-sheet figures (dense, no sparsity): H100/H200 SXM 989.5 TFLOP/s bf16,
   494.7 TF32; TPU v5e 197, v5p 459, v6e 918 bf16; this project's CPU: 159 GFLOP/s
-  (measured.md's numpy float32 matmul)."""
+  (measured.md's numpy float32 matmul), and 586 GFLOP/s for bf16 products where the CPU
+  has AMX tiles (BENCHMARKS.md)."""
   assert device_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.5e12
   assert device_peak_flops("NVIDIA H200", "float32") == 494.7e12
   assert device_peak_flops("NVIDIA H200", "bfloat16") == 989.5e12
@@ -58,6 +59,9 @@ def test_device_peak_flops():
   assert device_peak_flops("TPU v5", "bfloat16") == 459e12
   assert device_peak_flops("TPU v6 lite") == 918e12
   assert device_peak_flops(jax.devices()[0], "float32") == 159e9
+  with open("/proc/cpuinfo") as f:
+    amx = "amx_bf16" in f.read()
+  assert device_peak_flops("cpu", "bfloat16") == (586e9 if amx else 159e9)
   assert device_peak_flops("Some Future Chip") is None
 
 

@@ -98,6 +98,25 @@ def test_sharded_and_accumulated_loss_and_grads_match_single_device():
                                  err_msg=f"{name} on mesh {mesh_shape}, accum {accum}")
 
 
+def test_mixed_precision_gradients_on_a_sharded_mesh_are_float32_to_bf16_accuracy():
+  """bf16 products with float32 sums (model.dtype='bfloat16', mixed_precision.py), data +
+  tensor parallel (4x1x2): the loss and every parameter's gradient are within bf16's
+  rounding (2^-8 relative per operand) of one device's float32 ones. Measured: loss
+  2e-5 relative, worst gradient 0.025 relative in norm (the decoder's MLP kernel). The
+  attention key biases are left out: their exact gradient is zero (softmax ignores a
+  shift per query) and both computations give rounding noise."""
+  config = _config()
+  loss, reference = _loss_and_grads(config, (1, 1, 1), 1)
+  config.model.dtype = "bfloat16"
+  mixed_loss, grads = _loss_and_grads(config, (4, 1, 2), 1)
+  assert mixed_loss == pytest.approx(loss, rel=1e-3)
+  for name, g in reference.items():
+    if "k_bias" in name:
+      continue
+    error = np.linalg.norm(grads[name] - g) / np.linalg.norm(g)
+    assert grads[name].dtype == np.float32 and error < 0.05, (name, error)
+
+
 def test_sharded_and_accumulated_step_matches_single_device():
   """The whole jitted train step (gradients, clipping, Adam, sharded in/out state) on
   2x2x2 devices with 2 micro-batches gives one device's update. Adam's first step is
@@ -270,11 +289,16 @@ def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
     np.testing.assert_array_equal(loaded[name], value)
   assert history["data_offset"] == 4 and history["examples"] == 32.0
   assert history["seconds"] == header["card"]["compute"]["seconds"] > 0
+  # The file (float32 compute) warm-starts a mixed-precision run too, whose own file
+  # stores float32 compute again and names the training's dtype on its card.
+  config.model.dtype = "bfloat16"
   metrics = training.train_and_evaluate(config, str(tmp_path / "second"))
   fresh = training.train_and_evaluate(_config(num_steps=2), str(tmp_path / "fresh"))
   assert metrics["loss"] < fresh["loss"]
-  card = pretrained.card(str(tmp_path / "second" / "model.srj"))
+  header, _ = pretrained.read(str(tmp_path / "second" / "model.srj"))
+  card = header["card"]
   assert card["data_steps"] == 6 and card["examples"] == 48
+  assert card["compute_dtype"] == "bfloat16" and header["model_config"]["dtype"] == "float32"
   other = _config(num_steps=2, init_from=model_file)
   other.model.num_decoder_layers = 2
   with pytest.raises(pretrained.ModelFileError, match="num_decoder_layers"):
