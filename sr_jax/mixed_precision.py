@@ -5,8 +5,8 @@ multiply bfloat16 operands and accumulate in float32. On the CPU that form runs 
 faster than a float32 dot, while a bf16 -> bf16 dot is no faster than float32
 (BENCHMARKS.md, "Mixed precision"). Autodiff of `einsum(..., preferred_element_type=
 float32)` does not keep that form: its transposes multiply the float32 cotangent by
-the operands cast back to float32, and the three backward dots of a training step then
-cost more than the forward ones did. `einsum` below has a custom VJP that casts the
+the operands cast back to float32, and the backward dots of a training step then cost
+more than the forward ones did. `einsum` below has a custom VJP that casts the
 cotangent to the compute dtype and runs each backward dot in the same bf16 -> f32 form;
 gradients come back float32 (never rounded to bf16), in the dtypes of the inputs.
 
@@ -77,17 +77,15 @@ def _matrix_product(spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
                     (count(batch), count(contract), count(free_y)))
   z_bmn = jax.lax.dot_general(x_bmk, y_bkn, (((2,), (1,)), ((0,), (0,))),
                               preferred_element_type=jnp.float32)
-  return _arranged(z_bmn, [(batch + free_x + free_y).index(a) for a in out],
-                   tuple(size[a] for a in out), [size[a] for a in batch + free_x + free_y])
+  z = z_bmn.reshape([size[a] for a in batch + free_x + free_y])
+  return _arranged(z, [(batch + free_x + free_y).index(a) for a in out],
+                   tuple(size[a] for a in out))
 
 
-def _arranged(x: jax.Array, axes: list[int], shape: tuple[int, ...],
-              unmerged: list[int] | None = None) -> jax.Array:
-  """x (first reshaped to `unmerged`) with its axes permuted and then reshaped to
-  `shape`, in memory: XLA folds a transpose next to a dot into the dot's dimension
-  numbers, which would undo it, so a permutation goes through an optimization barrier."""
-  if unmerged is not None:
-    x = x.reshape(unmerged)
+def _arranged(x: jax.Array, axes: list[int], shape: tuple[int, ...]) -> jax.Array:
+  """x with its axes permuted and then reshaped to `shape`, in memory: XLA folds a
+  transpose next to a dot into the dot's dimension numbers, which would undo it, so a
+  permutation goes through an optimization barrier."""
   if axes == sorted(axes):
     return x.reshape(shape)
   return jax.lax.optimization_barrier(jnp.transpose(x, axes)).reshape(shape)

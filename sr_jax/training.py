@@ -429,11 +429,11 @@ def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):
   the steps the file's run consumed when both use the same seed."""
   header, arrays = pretrained.read(cfg.train.init_from)
   file_config = pretrained.model_config(header, cfg.train.init_from)
-  if file_config != pretrained.architecture(cfg.model):
-    differing = {f.name: (getattr(file_config, f.name), getattr(cfg.model, f.name))
+  run_config = pretrained.architecture(cfg.model)
+  if file_config != run_config:
+    differing = {f.name: (getattr(file_config, f.name), getattr(run_config, f.name))
                  for f in dataclasses.fields(file_config)
-                 if f.name != "dtype"
-                 and getattr(file_config, f.name) != getattr(cfg.model, f.name)}
+                 if getattr(file_config, f.name) != getattr(run_config, f.name)}
     raise pretrained.ModelFileError(
         f"cannot warm-start from {cfg.train.init_from!r}: its model config differs from this "
         f"run's in (file, run) = {differing}")

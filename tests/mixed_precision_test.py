@@ -9,8 +9,8 @@ import pytest
 
 from sr_jax import mixed_precision
 
-# Every product the model computes (model.py), at shapes where each axis is > 8, so XLA
-# hands the bf16 dots to its matrix kernel (YNNPACK) rather than to its own loops.
+# Every product the model computes (model.py), at small shapes, plus a vector-matrix and a
+# tiny product (which XLA does not hand to its matrix kernel, YNNPACK).
 SPECS = {
     "si,io->so": [(24, 16), (16, 12)],
     "bsd,dhk->bshk": [(3, 10, 16), (16, 2, 9)],
