@@ -131,10 +131,16 @@ def test_sharded_and_accumulated_step_matches_single_device():
     with jax.set_mesh(mesh):
       state, metrics = train(state, training.to_global(batch, batch_shardings))
     results.append((_params(state), float(metrics["loss"])))
+    results_state_paths = state
   (reference, loss), (params, other_loss) = results
   assert other_loss == pytest.approx(loss, rel=1e-5)
-  for a, b in zip(reference, params):
-    np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5)
+  # The attention key biases' exact gradient is zero (see the test above), so Adam's
+  # first step moves them by +-lr on rounding noise's sign: not comparable.
+  names = [jax.tree_util.keystr(path) for path, _ in
+           jax.tree_util.tree_leaves_with_path(results_state_paths)]
+  for name, a, b in zip(names, reference, params):
+    if "k_bias" not in name:
+      np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5, err_msg=name)
 
 
 def test_resume_is_bit_exact_and_restores_onto_another_mesh(tmp_path):
