@@ -29,8 +29,10 @@ def _config(**train):
   return config
 
 
-def _params(state):
-  return [np.asarray(x) for x in jax.tree.leaves(state)]
+def _named(tree):
+  """{path: array} of a state or gradient tree, names as jax.tree_util.keystr gives them."""
+  return {jax.tree_util.keystr(path): np.asarray(x)
+          for path, x in jax.tree.leaves_with_path(tree)}
 
 
 def _setup(config, mesh_shape):
@@ -70,8 +72,7 @@ def _loss_and_grads(config, mesh_shape, grad_accum_steps):
   with jax.set_mesh(mesh):
     grads, sums = fn(state, training.to_global(data.HostBatch(cfg.data)(0), batch_shardings))
   sums = np.asarray(sums)
-  return sums[0] / sums[1], {jax.tree_util.keystr(path): np.asarray(g)
-                             for path, g in jax.tree.leaves_with_path(grads)}
+  return sums[0] / sums[1], _named(grads)
 
 
 def test_sharded_and_accumulated_loss_and_grads_match_single_device():
@@ -130,17 +131,15 @@ def test_sharded_and_accumulated_step_matches_single_device():
     batch = data.HostBatch(cfg.data)(0)
     with jax.set_mesh(mesh):
       state, metrics = train(state, training.to_global(batch, batch_shardings))
-    results.append((_params(state), float(metrics["loss"])))
-    results_state_paths = state
+    results.append((_named(state), float(metrics["loss"])))
   (reference, loss), (params, other_loss) = results
   assert other_loss == pytest.approx(loss, rel=1e-5)
   # The attention key biases' exact gradient is zero (see the test above), so Adam's
   # first step moves them by +-lr on rounding noise's sign: not comparable.
-  names = [jax.tree_util.keystr(path) for path, _ in
-           jax.tree_util.tree_leaves_with_path(results_state_paths)]
-  for name, a, b in zip(names, reference, params):
+  assert params.keys() == reference.keys()
+  for name, a in reference.items():
     if "k_bias" not in name:
-      np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-5, err_msg=name)
+      np.testing.assert_allclose(params[name], a, rtol=2e-3, atol=2e-5, err_msg=name)
 
 
 def test_resume_is_bit_exact_and_restores_onto_another_mesh(tmp_path):
@@ -159,8 +158,10 @@ def test_resume_is_bit_exact_and_restores_onto_another_mesh(tmp_path):
   step_a, state_a, extra = restore(tmp_path / "a", (2, 2, 2))
   step_b, state_b, _ = restore(tmp_path / "b", (1, 1, 1))
   assert step_a == step_b == 4 and extra["step"] == 4
-  for a, b in zip(_params(state_a), _params(state_b)):
-    np.testing.assert_array_equal(a, b)
+  named_a, named_b = _named(state_a), _named(state_b)
+  assert named_a.keys() == named_b.keys()
+  for name, a in named_a.items():
+    np.testing.assert_array_equal(a, named_b[name], err_msg=name)
   # eval.py's path: the restored checkpoint gives the validation numbers training logged.
   results = validation.run(_config(), str(tmp_path / "a"))
   assert results["step"] == 4
