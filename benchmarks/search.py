@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sr_jax import expressions, inference, metrics, suite_runner, suites  # noqa: E402
-from sr_jax import tidy, variation  # noqa: E402
+from sr_jax import search, tidy, variation  # noqa: E402
 
 SYSTEMS = ("sr_jax", "random", "model_only", "operon")
 
@@ -84,7 +84,10 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
                                      max_bags=args.max_bags,
                                      max_score_points=args.max_score_points, seed=seed,
                                      selection=args.selection,
-                                     tidy=None if args.no_tidy else tidy.TidyConfig())
+                                     tidy=None if args.no_tidy else tidy.TidyConfig(),
+                                     search=search.SearchConfig(
+                                         generations=0 if system == "model_only"
+                                         else args.generations))
   propose = _random_proposer(seed, config.num_candidates + 1) if system == "random" else None
   begin = time.perf_counter()
   output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
@@ -295,6 +298,9 @@ def main():
   # pipeline's.
   parser.add_argument("--selection", default=inference.InferenceConfig.selection)
   parser.add_argument("--no_tidy", action="store_true", help="return formulas untidied")
+  parser.add_argument("--generations", type=int, default=0,
+                      help="sr_jax: this many search generations instead of the budget's "
+                      "time (reproducible ablations)")
   parser.add_argument("--report", action="store_true", help="only summarise --out")
   args = parser.parse_args()
   if not args.report:

@@ -1,5 +1,5 @@
 """Command lines: `sr-jax fit` on a CSV file (text and JSON), its named errors, the
-console scripts, and the default persistent compilation cache."""
+console scripts, the default persistent compilation cache, and eval.py's temperature flag."""
 
 import json
 import os
@@ -120,3 +120,30 @@ def test_training_console_is_quiet_and_the_log_file_complete(tmp_path):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_eval_passes_the_temperature_to_decoding_and_refuses_zero(tmp_path, monkeypatch):
+  from absl import flags
+  from absl.testing import flagsaver
+  from sr_jax import suite_runner
+  from sr_jax.cli import evaluate
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def stop(model, problems, outdir, config):
+    seen.append(config.inference)
+    raise Stop  # enough: the configuration is what is checked
+
+  monkeypatch.setattr(evaluate.inference, "load_model", lambda source: None)
+  monkeypatch.setattr(suite_runner, "run", stop)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  with flagsaver.flagsaver(temperature=1.3, suite=["strogatz"], outdir=str(tmp_path)):
+    with pytest.raises(Stop):
+      evaluate.main([])
+  assert seen[0].temperature == 1.3
+  done = subprocess.run([sys.executable, "eval.py", "--temperature", "0"], capture_output=True,
+                        text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert done.returncode != 0 and "--temperature must be > 0" in done.stderr

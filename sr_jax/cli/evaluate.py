@@ -30,6 +30,9 @@ _FEYNMAN_ROWS = flags.DEFINE_integer("feynman_rows", 100_000, "Rows sampled per 
 _IN_DOMAIN_SIZE = flags.DEFINE_integer("in_domain_size", 1000, "In-domain problems.")
 _STROGATZ_PATH = flags.DEFINE_string("strogatz_path", None, "Official Strogatz files, if any.")
 _CANDIDATES = flags.DEFINE_integer("num_candidates", 10, "Samples per bag (C).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
+flags.register_validator("temperature", lambda t: t > 0,
+                         "--temperature must be > 0 (sampling divides the logits by it)")
 _REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset (K).")
 _BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
 _SEARCH_TIME = flags.DEFINE_float("search_time", 2.0,
@@ -75,6 +78,7 @@ def main(argv):
       noise_levels=tuple(map(float, _NOISE.value)), seeds=tuple(map(int, _SEEDS.value)),
       symbolic_suites=tuple(_SYMBOLIC.value),
       inference=inference.InferenceConfig(num_candidates=_CANDIDATES.value,
+                                          temperature=_TEMPERATURE.value,
                                           num_refine=_REFINE.value, max_bags=_BAGS.value,
                                           search_time=_SEARCH_TIME.value))
   rows = suite_runner.run(model, problems, _OUTDIR.value, config)
