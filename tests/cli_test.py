@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from absl import flags
+from absl.testing import flagsaver
 from flax import nnx
 
-from sr_jax import pretrained
-from sr_jax.cli import fit
+from sr_jax import pretrained, suite_runner
+from sr_jax.cli import evaluate, fit
 from sr_jax.model import Transformer, model_config
 
 
@@ -123,10 +125,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_eval_passes_the_temperature_to_decoding_and_refuses_zero(tmp_path, monkeypatch):
-  from absl import flags
-  from absl.testing import flagsaver
-  from sr_jax import suite_runner
-  from sr_jax.cli import evaluate
   seen = []
 
   class Stop(Exception):
@@ -144,6 +142,6 @@ def test_eval_passes_the_temperature_to_decoding_and_refuses_zero(tmp_path, monk
     with pytest.raises(Stop):
       evaluate.main([])
   assert seen[0].temperature == 1.3
-  done = subprocess.run([sys.executable, "eval.py", "--temperature", "0"], capture_output=True,
-                        text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--temperature", "0"],
+                        capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "--temperature must be > 0" in done.stderr
