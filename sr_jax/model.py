@@ -347,6 +347,15 @@ class Transformer(nnx.Module):
       self.encoder_ln_final = LayerNorm(cfg, key=param.next_key())
       self.decoder_ln_final = LayerNorm(cfg, key=param.next_key())
 
+  def __repr__(self) -> str:
+    """One line. nnx's default lists every array (thousands of lines, seconds to build),
+    and scikit-learn prints it inside every repr of a regressor holding the model."""
+    cfg = self.config
+    return (f"Transformer(d_model={cfg.d_model}, num_heads={cfg.num_heads}, "
+            f"num_encoder_layers={cfg.num_encoder_layers}, "
+            f"num_decoder_layers={cfg.num_decoder_layers}, dtype={cfg.dtype}, "
+            f"parameters={count_params(self):,})")
+
   def encode(self, points_BxNxT: jax.Array, point_mask_BxN: jax.Array) -> jax.Array:
     """Encoder output per point; padded points are masked out of every attention."""
     cfg = self.config

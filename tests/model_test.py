@@ -188,6 +188,13 @@ def test_masked_points_do_not_matter(model):
                              _forward(model, points, mask, targets), atol=1e-4)
 
 
+def test_repr_is_one_line_with_the_size_and_parameter_count(model):
+  text = repr(model)
+  assert "\n" not in text and len(text) < 200, text
+  assert f"d_model={model.config.d_model}," in text
+  assert f"parameters={count_params(model):,})" in text
+
+
 def test_paper_param_count():
   """4/16 layers, d 512: reference.md counts 93.45M with 4096 positions and its vocabularies;
   256 positions (-1.97M) and our vocabularies (-0.03M) give 91.45M."""

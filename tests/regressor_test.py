@@ -108,7 +108,8 @@ def test_trained_run_loads_and_fits(tmp_path):
   loaded = inference.load_model(str(tmp_path))
   assert loaded.config.max_target_len == 128
   est = SymbolicTransformerRegressor(str(tmp_path), num_candidates=2, max_len=16,
-                                     max_bags=1, num_refine=1, refine_iters=5)
+                                     max_bags=1, num_refine=1, refine_iters=5,
+                                     search_time=0.0)  # the search has tests of its own
   x, y = np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20) ** 2
   est.fit(x, y)
   assert est.score(x, y) == pytest.approx(r2_score(y, est.predict(x)), abs=1e-12)
