@@ -1,13 +1,15 @@
 """The training input pipeline on grain: step -> host batch of fixed, bucketed shape.
 
-The data position is the step (style.md section 7). Global step s draws
-`np.random.default_rng([seed, s, 2])` to choose one point bucket k, then generates
-`rows[k]` examples with global indices s * max(rows) + r, each conditioned on
-N in bucket k (`generator.generate(..., num_points_range=...)`). Process p of P
-generates rows [p*rows/P, (p+1)*rows/P) of that global batch, so hosts read disjoint
+The data position is the step (style.md section 7). Steps come in pools of
+G = length_groups consecutive steps (G = 1: a pool is one step). Pool q draws
+`np.random.default_rng([seed, q, 2])` to choose one point bucket k, then generates
+G * `rows[k]` examples with global indices q * G * max(rows) + r, each conditioned on
+N in bucket k (`generator.generate(..., num_points_range=...)`); each of its G steps
+is one batch of `rows[k]` of them (below). Process p of P
+takes rows [p*rows/P, (p+1)*rows/P) of each global batch, so hosts read disjoint
 slices and agree on every shape without talking to each other. Nothing depends on
 access order, worker count or process count, and resuming needs only the step (or
-the grain iterator state, `{'next_index': ...}`, which is the same thing).
+the grain iterator state, which holds the same thing).
 
 Length-aware batching, and how it differs from E2E: E2E sorts a queue of 2,000
 samples by length and cuts slices of ~10,000 points, giving a new shape almost every
@@ -25,15 +27,18 @@ over many steps the examples' N (and D) follow the generator's distribution (up 
 the small tilt E2E's rejections put on N). Targets longer than max_target_length are
 rejected inside the generator (E2E: no limit; the length's p99 is 107, max seen 127).
 
-Length groups: with length_groups = G > 1, a step generates a pool of G batches
-(G * rows examples with consecutive indices), sorts it by target length and keeps one
-of the G slices, chosen by the step's own RNG; L is the smallest target bucket that
-holds the slice's longest target. Every pooled example is kept with probability 1/G
-whatever its length, so the examples still follow the generator's distribution
-exactly, while a batch's targets are of similar length (mean padded L ~81 instead of
-~118 for G=4; the real mean is ~60). Every process generates the whole pool, so all
-agree on L and the batch does not depend on the process count; that costs G times
-the generation (~2,300 samples/s per core, cheap next to a training step).
+Length groups: with length_groups = G > 1, a pool's G * rows examples are sorted by
+target length and cut into G slices, and its G steps take one slice each, in an order
+drawn from the pool's own RNG; L is the smallest target bucket that holds the slice's
+longest target. Every generated example is trained on exactly once, so the examples
+follow the generator's distribution exactly, while a batch's targets are of similar
+length (mean padded L ~81 instead of ~118 for G=4; the real mean is ~60). Every
+process generates the whole pool, so all agree on L and the batch does not depend on
+the process count. A pool is generated once for its G steps: the last pool is cached
+(`_length_sorted_pool`), and grain hands a whole pool's steps to one worker
+(`_PoolSteps`). A pool per step, keeping one slice, would throw away (G - 1) / G of
+the generation, and the host rate bounds training on an accelerator (BENCHMARKS.md,
+"One pool per G steps").
 With G = 1 every process generates only its rows and L is the longest bucket.
 """
 
@@ -120,16 +125,36 @@ def _probability_in_range(gen: generator.GeneratorConfig, low: int, high: int) -
 
 
 def bucket_of_step(config: DataConfig, step: int) -> int:
-  """The point bucket of global step `step`: a pure function of (seed, step)."""
+  """The point bucket of global step `step` (that of its pool): a pure function of
+  (seed, step)."""
   cdf = layout(config).bucket_cdf
-  u = np.random.default_rng([config.seed, step, _BUCKET_STREAM]).random()
+  pool = step // config.length_groups
+  u = np.random.default_rng([config.seed, pool, _BUCKET_STREAM]).random()
   return min(bisect.bisect_right(cdf, u), len(cdf) - 1)
 
 
 def group_of_step(config: DataConfig, step: int) -> int:
-  """Which of the length_groups sorted slices of its pool global step `step` keeps."""
-  return int(np.random.default_rng([config.seed, step, _GROUP_STREAM]).integers(
-      config.length_groups))
+  """Which of the length_groups sorted slices of its pool global step `step` takes:
+  the pool's steps take all of them, in an order drawn from the pool's RNG."""
+  pool, position = divmod(step, config.length_groups)
+  order = np.random.default_rng([config.seed, pool, _GROUP_STREAM]).permutation(
+      config.length_groups)
+  return int(order[position])
+
+
+@functools.lru_cache(maxsize=1)
+def _length_sorted_pool(config: DataConfig, pool: int) -> tuple[list, np.ndarray]:
+  """Pool `pool`'s examples (G * rows of its bucket, consecutive indices from
+  pool * G * max(rows)) and their order by target length. Cached: the G steps of a
+  pool come one after another, in one process or one grain worker."""
+  plan = layout(config)
+  bucket = bucket_of_step(config, pool * config.length_groups)
+  gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
+  first_index = pool * max(plan.rows) * config.length_groups
+  samples = [generator.generate(gen, config.seed, index, num_points_range=plan.ranges[bucket])
+             for index in range(first_index,
+                                first_index + config.length_groups * plan.rows[bucket])]
+  return samples, np.argsort([s.target_length for s in samples], kind="stable")
 
 
 def tokenize_points(samples, num_points: int) -> np.ndarray:
@@ -187,22 +212,17 @@ class HostBatch:
       raise ValueError(f"{global_rows} rows do not split over {self.process_count} processes")
     rows = global_rows // self.process_count
     num_points = config.point_buckets[bucket]
-    gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
     groups = config.length_groups
-    first_index = step * max(plan.rows) * groups
-
-    def generate(indices):
-      return [generator.generate(gen, config.seed, index, num_points_range=plan.ranges[bucket])
-              for index in indices]
-
+    first_index = (step // groups) * max(plan.rows) * groups
     local = slice(self.process_index * rows, (self.process_index + 1) * rows)
     if groups == 1:
+      gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
       indices = list(range(first_index, first_index + global_rows))[local]
-      samples = generate(indices)
+      samples = [generator.generate(gen, config.seed, index,
+                                    num_points_range=plan.ranges[bucket]) for index in indices]
       target_len = config.target_buckets[-1]
     else:
-      pool = generate(range(first_index, first_index + groups * global_rows))
-      order = np.argsort([s.target_length for s in pool], kind="stable")
+      pool, order = _length_sorted_pool(config, step // groups)
       group = group_of_step(config, step)
       kept = order[group * global_rows:(group + 1) * global_rows]
       longest = max(pool[i].target_length for i in kept) + 2
@@ -226,12 +246,36 @@ class HostBatch:
     return batch
 
 
+@dataclasses.dataclass(frozen=True)
+class _PoolSteps:
+  """Pool q -> the host batches of its steps (from start_step on), in step order: one
+  grain element per pool, so one worker generates a pool once for all its steps."""
+
+  host_batch: HostBatch
+  start_step: int
+
+  def __call__(self, pool: int) -> list[dict[str, np.ndarray]]:
+    groups = self.host_batch.config.length_groups
+    return [self.host_batch(step) for step in
+            range(max(pool * groups, self.start_step), (pool + 1) * groups)]
+
+
+class _Steps(grain.experimental.FlatMapTransform):
+  """A pool's list of batches -> the batches, one grain element each."""
+
+  def __init__(self, length_groups: int):
+    self.max_fan_out = length_groups
+
+  def flat_map(self, batches):
+    return batches
+
+
 def make_dataset(config: DataConfig, start_step: int = 0, process_index: int | None = None,
                  process_count: int | None = None) -> grain.IterDataset:
   """Host batches for steps start_step, start_step + 1, ... (this process's rows).
 
-  process_index/count default to JAX's. With num_workers > 0, batches are built in
-  grain worker processes (absl flags are marked parsed if nobody parsed them).
+  process_index/count default to JAX's. With num_workers > 0, pools of batches are
+  built in grain worker processes (absl flags are marked parsed if nobody parsed them).
   """
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -239,15 +283,17 @@ def make_dataset(config: DataConfig, start_step: int = 0, process_index: int | N
   # 500 batches read ahead) would burn CPU on batches far beyond the next step.
   read_options = grain.ReadOptions(num_threads=1,
                                    prefetch_buffer_size=config.per_worker_buffer_size)
-  dataset = grain.MapDataset.range(start_step, _MAX_STEPS).map(
-      HostBatch(config, process_index, process_count)).to_iter_dataset(read_options)
+  host_batch = HostBatch(config, process_index, process_count)
+  pools = range(start_step // config.length_groups, _MAX_STEPS // config.length_groups)
+  dataset = grain.MapDataset.range(pools.start, pools.stop).map(
+      _PoolSteps(host_batch, start_step)).to_iter_dataset(read_options)
   if config.num_workers:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.num_workers,
         per_worker_buffer_size=config.per_worker_buffer_size))
-  return dataset
+  return grain.experimental.FlatMapIterDataset(dataset, _Steps(config.length_groups))
 
 
 def make_iterator(config: DataConfig, start_step: int = 0, state: dict | None = None,

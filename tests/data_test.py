@@ -68,36 +68,53 @@ def test_batches_are_well_formed():
       assert batch["input_dimension_B"][row] == sample.input_dimension
 
 
-def test_length_groups_keep_one_length_sorted_slice_of_the_pool():
-  """A step generates length_groups batches' worth of examples, sorts them by target
-  length and keeps the slice group_of_step names; L is the smallest bucket that fits."""
+def test_length_groups_cut_a_length_sorted_pool_into_its_steps_batches():
+  """The G steps of a pool share one bucket and one pool of G batches' worth of
+  examples, sorted by target length: each step takes the slice group_of_step names,
+  so together they take every pooled example exactly once. L is the smallest bucket
+  that fits the slice."""
   plan = data.layout(CONFIG)
   gen = dataclasses.replace(CONFIG.generator, max_target_length=CONFIG.max_target_length)
-  groups_seen = set()
-  for step in range(6):
-    batch = data.HostBatch(CONFIG)(step)
-    rows, num_points = batch["points_BxNx33"].shape[:2]
+  groups = CONFIG.length_groups
+  for pool_index in range(2):
+    steps = range(pool_index * groups, (pool_index + 1) * groups)
+    batches = [data.HostBatch(CONFIG)(step) for step in steps]
+    rows, num_points = batches[0]["points_BxNx33"].shape[:2]
     bucket = CONFIG.point_buckets.index(num_points)
-    first = step * max(plan.rows) * CONFIG.length_groups
+    first = pool_index * max(plan.rows) * groups
     pool = [generator.generate(gen, CONFIG.seed, first + i, num_points_range=plan.ranges[bucket])
-            for i in range(CONFIG.length_groups * rows)]
+            for i in range(groups * rows)]
     order = np.argsort([s.target_length for s in pool], kind="stable")
-    group = data.group_of_step(CONFIG, step)
-    groups_seen.add(group)
-    kept = order[group * rows:(group + 1) * rows]
-    np.testing.assert_array_equal(batch["index_B"], first + kept)
-    longest = batch["target_mask_BxL"].sum(1).max()
-    L = batch["targets_BxL"].shape[1]
-    assert longest <= L and not any(longest <= b < L for b in CONFIG.target_buckets)
-  assert len(groups_seen) > 1
+    assert sorted(data.group_of_step(CONFIG, step) for step in steps) == list(range(groups))
+    for step, batch in zip(steps, batches):
+      assert batch["points_BxNx33"].shape[:2] == (rows, num_points)
+      group = data.group_of_step(CONFIG, step)
+      np.testing.assert_array_equal(batch["index_B"],
+                                    first + order[group * rows:(group + 1) * rows])
+      longest = batch["target_mask_BxL"].sum(1).max()
+      L = batch["targets_BxL"].shape[1]
+      assert longest <= L and not any(longest <= b < L for b in CONFIG.target_buckets)
+    taken = np.concatenate([b["index_B"] for b in batches])
+    np.testing.assert_array_equal(np.sort(taken), first + np.arange(groups * rows))
 
 
-def test_length_groups_are_chosen_uniformly():
-  """Each pooled example is kept with probability 1/G whatever its length (so the kept
-  examples follow the generator's distribution) exactly when the group is uniform."""
+def test_a_pool_is_generated_once_for_its_steps(monkeypatch):
+  """Consecutive steps of a pool reuse it: G steps generate G batches' worth of
+  examples, not G pools."""
+  calls = []
+  generate = generator.generate
+  monkeypatch.setattr(generator, "generate", lambda *a, **k: calls.append(1) or generate(*a, **k))
+  data._length_sorted_pool.cache_clear()
+  batches = [data.HostBatch(CONFIG)(step) for step in range(CONFIG.length_groups)]
+  assert len(calls) == sum(len(b["index_B"]) for b in batches)
+
+
+def test_pools_take_their_length_groups_in_uniform_order():
+  """Across pools, each step position takes each slice equally often (so the order of
+  lengths over a pool's steps is not fixed)."""
   from scipy import stats
-  groups = [data.group_of_step(CONFIG, s) for s in range(8_000)]
-  counts = np.bincount(groups, minlength=CONFIG.length_groups)
+  first = [data.group_of_step(CONFIG, pool * CONFIG.length_groups) for pool in range(4_000)]
+  counts = np.bincount(first, minlength=CONFIG.length_groups)
   assert stats.chisquare(counts).pvalue > 1e-3
 
 

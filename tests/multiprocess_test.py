@@ -42,6 +42,7 @@ def _config():
   config.generator.max_input_dimension = 3
   config.data.point_buckets = (50,)
   config.data.points_per_batch = 400  # 8 rows: 4 per process, 1 per device
+  config.data.length_groups = 1  # targets padded to the longest bucket: one shape
   # FSDP across the two processes (devices 0-3 are process 0's): parameters are
   # all-gathered and gradients reduce-scattered over gloo every step.
   config.mesh.update(data=1, fsdp=4, tensor=2)
