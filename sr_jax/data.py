@@ -75,7 +75,7 @@ class DataConfig:
   length_groups: int = 4  # a step keeps 1 of this many length-sorted batches (1: off)
   row_multiple: int = 8  # rows per batch are a multiple of this (devices x processes)
   num_workers: int = 0  # grain multiprocessing workers (0: in this process)
-  per_worker_buffer_size: int = 2
+  per_worker_buffer_size: int = 2  # pools (length_groups batches each) read ahead
 
 
 @dataclasses.dataclass(frozen=True)
