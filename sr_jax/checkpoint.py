@@ -33,10 +33,11 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   a replicated array is written whole by its first replica, not sliced across replicas.
 
   Replica-parallel saving compiles a slicing program per array shape and moves one slice
-  per device: on 8 CPU devices the first save of the debug model took 5.3 s and later
-  ones 0.8 s, against 0.4 s for each save this way (measured, BENCHMARKS.md). CPU devices
-  share one host's memory and disk, so the slices bought nothing there; orbax itself turns
-  replica-parallel off on GPUs. On TPU hosts orbax's default stays.
+  per device: on 8 CPU devices the first save of the debug model took 3.7 s and later
+  ones 0.55-0.66 s, against 0.25-0.33 s for every save this way (BENCHMARKS.md, "The test
+  suite under 10 minutes"). CPU devices share one host's memory and disk, so the slices
+  bought nothing there; orbax itself turns replica-parallel off when JAX_PLATFORMS names
+  a GPU. On other platforms orbax's default stays.
   """
   if jax.default_backend() != "cpu":
     return ocp.PyTreeCheckpointHandler()

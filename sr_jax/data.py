@@ -142,18 +142,29 @@ def group_of_step(config: DataConfig, step: int) -> int:
   return int(order[position])
 
 
+def _generate(config: DataConfig, bucket: int, indices) -> list:
+  """The examples of these global indices, each conditioned on N in point bucket k."""
+  gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
+  n_range = layout(config).ranges[bucket]
+  return [generator.generate(gen, config.seed, index, num_points_range=n_range)
+          for index in indices]
+
+
+def _first_index(config: DataConfig, step: int) -> int:
+  """Global index of the first example of the pool that holds step `step`."""
+  return (step // config.length_groups) * max(layout(config).rows) * config.length_groups
+
+
 @functools.lru_cache(maxsize=1)
 def _length_sorted_pool(config: DataConfig, pool: int) -> tuple[list, np.ndarray]:
   """Pool `pool`'s examples (G * rows of its bucket, consecutive indices from
-  pool * G * max(rows)) and their order by target length. Cached: the G steps of a
-  pool come one after another, in one process or one grain worker."""
-  plan = layout(config)
-  bucket = bucket_of_step(config, pool * config.length_groups)
-  gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
-  first_index = pool * max(plan.rows) * config.length_groups
-  samples = [generator.generate(gen, config.seed, index, num_points_range=plan.ranges[bucket])
-             for index in range(first_index,
-                                first_index + config.length_groups * plan.rows[bucket])]
+  _first_index) and their order by target length. Cached: the G steps of a pool come
+  one after another, in one process or one grain worker."""
+  step = pool * config.length_groups
+  bucket = bucket_of_step(config, step)
+  first = _first_index(config, step)
+  samples = _generate(config, bucket,
+                      range(first, first + config.length_groups * layout(config).rows[bucket]))
   return samples, np.argsort([s.target_length for s in samples], kind="stable")
 
 
@@ -213,13 +224,11 @@ class HostBatch:
     rows = global_rows // self.process_count
     num_points = config.point_buckets[bucket]
     groups = config.length_groups
-    first_index = (step // groups) * max(plan.rows) * groups
+    first_index = _first_index(config, step)
     local = slice(self.process_index * rows, (self.process_index + 1) * rows)
     if groups == 1:
-      gen = dataclasses.replace(config.generator, max_target_length=config.max_target_length)
       indices = list(range(first_index, first_index + global_rows))[local]
-      samples = [generator.generate(gen, config.seed, index,
-                                    num_points_range=plan.ranges[bucket]) for index in indices]
+      samples = _generate(config, bucket, indices)
       target_len = config.target_buckets[-1]
     else:
       pool, order = _length_sorted_pool(config, step // groups)
@@ -284,8 +293,8 @@ def make_dataset(config: DataConfig, start_step: int = 0, process_index: int | N
   read_options = grain.ReadOptions(num_threads=1,
                                    prefetch_buffer_size=config.per_worker_buffer_size)
   host_batch = HostBatch(config, process_index, process_count)
-  pools = range(start_step // config.length_groups, _MAX_STEPS // config.length_groups)
-  dataset = grain.MapDataset.range(pools.start, pools.stop).map(
+  first_pool, last_pool = start_step // config.length_groups, _MAX_STEPS // config.length_groups
+  dataset = grain.MapDataset.range(first_pool, last_pool).map(
       _PoolSteps(host_batch, start_step)).to_iter_dataset(read_options)
   if config.num_workers:
     if not flags.FLAGS.is_parsed():
