@@ -66,7 +66,7 @@ def _random_proposer(seed: int, count: int):
   the model's candidates."""
   def propose(bags):
     out = []
-    for i, x, _ in bags:
+    for i, x, _, _ in bags:
       v = variation.Variation(variation.VariationConfig(), x.shape[1],
                               random.Random(seed * 1_000_003 + i))
       out.append([v.random_formula() for _ in range(count)])

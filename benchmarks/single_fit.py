@@ -9,7 +9,8 @@ alone (the process also reports import and model-load seconds). Settings:
 - warm: the cache filled by an earlier process (sr_jax's default: on, in the user's
   cache directory; here a temporary one);
 - no cache: SR_JAX_CACHE_DIR=off, as before the cache was on by default.
-search_time=0 isolates the model stages; --search_time adds the default search.
+search_time=0 isolates the model stages; --search_time adds the default search;
+--views sets the regressor's views (default: its own).
 """
 
 import argparse
@@ -31,7 +32,7 @@ loaded = time.perf_counter()
 rng = np.random.default_rng(0)
 x = rng.uniform(-2, 2, size=(200, 3))
 y = 1.5 * x[:, 0] * x[:, 1] + np.sin(x[:, 2])
-est = SymbolicTransformerRegressor(model, search_time=SEARCH, random_state=0)
+est = SymbolicTransformerRegressor(model, search_time=SEARCH, random_state=0, **VIEWS)
 start = time.perf_counter()
 est.fit(x, y)
 print(json.dumps({"import_s": imported - begin, "load_s": loaded - imported,
@@ -39,9 +40,11 @@ print(json.dumps({"import_s": imported - begin, "load_s": loaded - imported,
 """
 
 
-def measure(env: dict, search_time: float) -> dict:
-  done = subprocess.run([sys.executable, "-c", CHILD.replace("SEARCH", repr(search_time))],
-                        capture_output=True, text=True, env=env, timeout=900)
+def measure(env: dict, search_time: float, views: str | None) -> dict:
+  options = {"views": tuple(views.split(","))} if views else {}
+  child = CHILD.replace("SEARCH", repr(search_time)).replace("VIEWS", repr(options))
+  done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                        env=env, timeout=900)
   if done.returncode:
     raise RuntimeError(done.stderr[-2000:])
   return json.loads(done.stdout.strip().splitlines()[-1])
@@ -51,6 +54,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--search_time", type=float, default=0.0)
+  parser.add_argument("--views", default=None, help="e.g. standardised,scaled")
   args = parser.parse_args()
   base = {k: v for k, v in os.environ.items()
           if k not in ("JAX_COMPILATION_CACHE_DIR", "SR_JAX_CACHE_DIR")}
@@ -64,9 +68,10 @@ def main():
           directory = os.path.join(cache, "shared")
         env = dict(base, SR_JAX_CACHE_DIR="off" if setting == "no cache" else directory)
         if setting == "warm" and repeat == 0:
-          measure(env, args.search_time)  # fills the shared cache
-        rows.append({"setting": setting, **measure(env, args.search_time)})
-  print(f"search_time={args.search_time}; one fit of 200 points x 3 features in a new process")
+          measure(env, args.search_time, args.views)  # fills the shared cache
+        rows.append({"setting": setting, **measure(env, args.search_time, args.views)})
+  print(f"search_time={args.search_time}, views={args.views or 'default'}; one fit of 200 "
+        "points x 3 features in a new process")
   print("| setting | fit s (each run) | import s | model load s | R2 |")
   print("|---|---|---|---|---|")
   for setting in ("no cache", "cold", "warm"):

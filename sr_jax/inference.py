@@ -1,10 +1,11 @@
 """Batched inference (reference.md 5): many datasets -> ranked, refined formulas.
 
 For every dataset: keep at most 10 features (the most correlated with y, as E2E's
-wrapper does), standardise X (not y), split the rows into bags of <= 200 points,
-decode candidates for every bag (greedy plus C samples or a beam), parse them (invalid
-ones dropped and counted), score them on the training points, keep the best of each
-skeleton, refine the constants of the top K, optionally evolve the pool for
+wrapper does), split the rows into bags of <= 200 points, show each bag to the model in
+each of the `views` (X standardised, as E2E; divided by its root mean square; or as
+given), decode candidates for every bag (greedy plus C samples or a beam), parse them
+(invalid ones dropped and counted), score them on the training points in their view's
+coordinates, keep the best of each skeleton, refine the constants of the top K per view, optionally evolve the pool for
 `search_time` seconds per dataset (search.py: its Pareto front and best formula join
 the pool, refined like the rest), rank the pool by R2 or a complexity-penalised score,
 and undo the scaling symbolically.
@@ -19,6 +20,12 @@ samples, subsets, search) comes from the seed and the data itself
 Deviations from E2E, on purpose:
 - Bags are drawn from a seeded shuffle of the rows; E2E cuts consecutive rows, which
   gives biased bags on sorted data.
+- Every bag is decoded in two views of X by default: standardised (E2E's only one)
+  and scaled (divided by the root mean square, not centred). The model was trained on
+  whitened inputs, yet on positive physical ranges (Feynman's x ~ U[1, 5]) a law like
+  x0*x1/x2 stays a monomial in the scaled view and is a long rational function of
+  standardised inputs. On eval.py's 100 Feynman problems (model + refinement, no
+  search) R2 > 0.99 went from 8% to 28% (BENCHMARKS.md).
 - A constant candidate (the mean of y) is always in the pool, so every dataset gets
   a formula even when no decoded candidate is valid.
 - A candidate reading a column the data lacks is dropped and counted (E2E's
@@ -36,7 +43,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +59,10 @@ from sr_jax.model import MAX_INPUT_DIM, Transformer
 MAX_ABS_Y = 9.9995e100
 STAGES = ("prepare", "decode", "parse", "rank", "refine", "search", "tidy", "simplify",
           "select")
+# The coordinates a bag can be shown in, per feature: standardised (E2E: zero mean,
+# unit variance), scaled (divided by its root mean square, not centred, so a law's
+# products and ratios of features stay products and ratios), or raw (as given).
+VIEWS = ("standardised", "scaled", "raw")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +80,14 @@ class InferenceConfig:
   constrained: bool = True  # grammar-masked decoding: every candidate parses
   max_points_per_bag: int = 200
   max_bags: int = 10
+  # The views (VIEWS) every bag is shown to the model in, one decoding pass each.
+  # Standardised (E2E's, the training distribution's) and scaled: on eval.py's 100
+  # Feynman problems (model + refinement, no search) R2 > 0.99 rose from 8%
+  # (standardised alone) to 29% (scaled alone) and 28% (both); the standardised view
+  # stays for features far from 0 relative to their spread (BENCHMARKS.md).
+  views: tuple[str, ...] = ("standardised", "scaled")
   decode_batch: int = 32  # bags per decoding call (a fixed shape: one compile)
-  num_refine: int = 10  # K: top distinct skeletons refined per dataset
+  num_refine: int = 10  # K: top distinct skeletons refined per dataset and view
   refine: refine.RefineConfig = refine.RefineConfig()
   max_score_points: int = 10_000  # training points used to rank candidates
   # The model-selection rule (selection.selection_score). 'simplest' (the shortest
@@ -105,6 +122,9 @@ class InferenceConfig:
     if self.method not in decoding.METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; choose from "
                        f"{decoding.METHODS}")
+    if not self.views or len(set(self.views)) < len(self.views) or any(
+        view not in VIEWS for view in self.views):
+      raise ValueError(f"views must be distinct names from {VIEWS}, got {self.views!r}")
     if self.selection not in selection.SELECTION_RULES:
       raise ValueError(f"unknown selection rule {self.selection!r}; choose from "
                        f"{selection.SELECTION_RULES}")
@@ -223,16 +243,29 @@ def dataset_stream(x: np.ndarray, y: np.ndarray, seed: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
-  x_scaled: np.ndarray  # the kept features, standardised
   x_kept: np.ndarray  # the kept features as given (the search reads them)
   y: np.ndarray
   features: np.ndarray
-  mean: np.ndarray
-  scale: np.ndarray
+  views: dict[str, tuple[np.ndarray, np.ndarray]]  # per view: (centre, scale) per feature
   bags: list[np.ndarray]  # row indices
   score_rows: np.ndarray  # a seeded random subset of <= max_score_points rows
   stream: int  # dataset_stream
   notes: list[str]
+
+  def in_view(self, view: str, rows: np.ndarray) -> np.ndarray:
+    """The kept features of `rows` in a view's coordinates: (x - centre) / scale."""
+    centre, scale = self.views[view]
+    return (self.x_kept[rows] - centre) / scale
+
+
+def _view_transforms(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """(centre, scale) per feature of each view. A scale of 0 (a constant or an all-zero
+  column) becomes 1."""
+  ones = np.ones(x.shape[1])
+  std, rms = x.std(0), np.sqrt(np.mean(np.square(x), axis=0))
+  return {"standardised": (x.mean(0), np.where(std == 0, 1.0, std)),
+          "scaled": (0 * ones, np.where(rms == 0, 1.0, rms)),
+          "raw": (0 * ones, ones)}
 
 
 def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
@@ -247,12 +280,10 @@ def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
     notes.append(f"{x.shape[1]} features: kept the {len(features)} most correlated "
                  f"with y, columns {features.tolist()}")
   x = x[:, features]
-  mean, scale = x.mean(0), x.std(0)
-  constant = scale == 0
+  constant = x.std(0) == 0
   if constant.any():
     notes.append(f"constant feature column(s) {features[constant].tolist()}: "
                  "they cannot explain y")
-  scale = np.where(constant, 1.0, scale)
   num_bags = min(config.max_bags, -(-len(y) // config.max_points_per_bag))
   read = order[:num_bags * config.max_points_per_bag]
   bags = np.array_split(read, num_bags)
@@ -262,24 +293,29 @@ def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
   if len(y) > config.max_score_points:
     notes.append(f"{len(y)} points: candidates were ranked on a random "
                  f"{config.max_score_points} of them")
-  return _Prepared((x - mean) / scale, x, y, features, mean, scale, bags,
+  return _Prepared(x, y, features, _view_transforms(x), bags,
                    order[:config.max_score_points], stream, notes)
 
 
-def unscale(prefix: expressions.Prefix, mean: np.ndarray, scale: np.ndarray) -> list:
-  """The formula on raw features, from one on standardised ones: x_k becomes
-  (x_k - mean_k) / scale_k, written add(-mean_k/scale_k, mul(1/scale_k, x_k)) as E2E
-  does. A variable beyond the data's features raises ExpressionError."""
+def unscale(prefix: expressions.Prefix, centre: np.ndarray, scale: np.ndarray) -> list:
+  """The formula on raw features, from one on features in a view's coordinates: x_k
+  becomes (x_k - centre_k) / scale_k, written add(-centre_k/scale_k, mul(1/scale_k,
+  x_k)) as E2E does, without the add where the centre is 0 and the mul where the scale
+  is 1. A variable beyond the data's features raises ExpressionError."""
   out = []
   for token in prefix:
     k = operators.variable_index(token) if isinstance(token, str) else None
     if k is None:
       out.append(token)
       continue
-    if k >= len(mean):
+    if k >= len(centre):
       raise expressions.ExpressionError(
-          f"formula reads x_{k} but the data has {len(mean)} feature(s)")
-    out += ["add", float(-mean[k] / scale[k]), "mul", float(1.0 / scale[k]), token]
+          f"formula reads x_{k} but the data has {len(centre)} feature(s)")
+    if centre[k] != 0:
+      out += ["add", float(-centre[k] / scale[k])]
+    if scale[k] != 1:
+      out += ["mul", float(1.0 / scale[k])]
+    out.append(token)
   return out
 
 
@@ -328,22 +364,24 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   (the stages overlap; on a 2-core CPU that saved 30% of the wall time). The search,
   whose budget is wall clock, starts only once every bag is decoded.
   `propose(bags) -> list of candidate lists` replaces the model's decoding, where
-  `bags` is a list of (dataset index, standardised X, y); it exists so the rest of the
-  pipeline can be tested with known candidates. `progress(datasets_done)` is called
+  `bags` is a list of (dataset index, X in the bag's view, y, the view's name); it
+  exists so the rest of the pipeline can be tested with known candidates. `progress(datasets_done)` is called
   after each group of datasets. Raises ValueError on bad input, naming the dataset.
   """
   if model is None and propose is None:
     raise ValueError("run needs a model (or a `propose` function)")
   clock = _Clock(config.max_time)
   prepared = [_prepare(x, y, i, config) for i, (x, y) in enumerate(datasets)]
-  # (dataset index, X, y, the bag's own key: its dataset's stream and its number).
-  bags = [(i, p.x_scaled[rows], p.y[rows], (p.stream, j)) for i, p in enumerate(prepared)
-          for j, rows in enumerate(p.bags)]
-  first_bag = np.cumsum([0] + [len(p.bags) for p in prepared])
+  # (dataset index, X in the bag's view, y, the bag's own sampling key: its dataset's
+  # stream, its number and its view, the view).
+  bags = [(i, p.in_view(view, rows), p.y[rows], (p.stream, j, VIEWS.index(view)), view)
+          for i, p in enumerate(prepared) for j, rows in enumerate(p.bags)
+          for view in config.views]
+  first_bag = np.cumsum([0] + [len(p.bags) * len(config.views) for p in prepared])
   clock.lap("prepare")
 
   if propose is not None:
-    proposed = [list(c) for c in propose([(i, x, y) for i, x, y, _ in bags])]
+    proposed = [list(c) for c in propose([(i, x, y, view) for i, x, y, _, view in bags])]
     clock.lap("decode")
     decoder = None
   else:
@@ -359,8 +397,9 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
         proposals = decoder.proposals(bag_range)
         clock.lap(None)  # waiting for the decoder is not a stage of this thread
       results += _finish_group([prepared[i] for i in group],
-                               [bags[b][0] - group.start for b in bag_range], proposals,
-                               config, clock, decoder.wait_all if decoder else None)
+                               [(bags[b][0] - group.start, bags[b][4]) for b in bag_range],
+                               proposals, config, clock,
+                               decoder.wait_all if decoder else None)
       if progress is not None:
         progress(len(results))
   finally:
@@ -369,29 +408,30 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   return InferenceOutput(results, dict(clock.seconds))
 
 
-def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: list,
-                  config: InferenceConfig, clock: _Clock,
+def _finish_group(prepared: list[_Prepared], bag_owner: list[tuple[int, str]],
+                  proposals: list, config: InferenceConfig, clock: _Clock,
                   before_search: Callable[[], None] | None = None) -> list[DatasetResult]:
-  """Parses, ranks, refines and selects the candidates of some datasets; a bag's
-  proposals are None when the time budget stopped decoding before it. before_search
-  runs before the search stage (run: waiting for the decoder)."""
-  candidates: list[list] = [[] for _ in prepared]
+  """Parses, ranks, refines and selects the candidates of some datasets; bag_owner
+  gives each bag's dataset and view; a bag's proposals are None
+  when the time budget stopped decoding before it. before_search runs before the
+  search stage (run: waiting for the decoder)."""
+  candidates: list[list] = [[] for _ in prepared]  # (prefix, view) pairs
   num_decoded = [0] * len(prepared)
   num_invalid = [0] * len(prepared)
   undecoded = set()
-  for i, bag_candidates in zip(bag_owner, proposals):
+  for (i, view), bag_candidates in zip(bag_owner, proposals):
     if bag_candidates is None:
       undecoded.add(i)
       continue
     for prefix in bag_candidates:
       num_decoded[i] += 1
       used = expressions.variables_used(prefix) if prefix is not None else ()
-      if prefix is None or (used and max(used) >= prepared[i].x_scaled.shape[1]):
+      if prefix is None or (used and max(used) >= prepared[i].x_kept.shape[1]):
         num_invalid[i] += 1
       else:
-        candidates[i].append(list(prefix))
+        candidates[i].append((list(prefix), view))
   for i, p in enumerate(prepared):
-    candidates[i].append([float(np.mean(p.y))])  # the fallback: a constant
+    candidates[i].append(([float(np.mean(p.y))], "raw"))  # the fallback: a constant
     if i in undecoded and not num_decoded[i]:
       p.notes.append("time budget reached before this dataset was decoded")
   clock.lap("parse")
@@ -409,8 +449,21 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[int], proposals: li
   return results
 
 
-def _score_points(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
-  return p.x_scaled[p.score_rows], p.y[p.score_rows]
+class _Entry(NamedTuple):
+  """A formula in a dataset's pool. `view`: the coordinates it reads the features in
+  (the view of the bag it was decoded from; "raw", as given, for the search's, the
+  constant, and every formula once unscaled)."""
+  prefix: list
+  refined: bool
+  mse: float
+  r2: float
+  source: str
+  view: str
+
+
+def _frame(i: int, view: str, num_datasets: int) -> int:
+  """Where dataset i's points in `view` are in _rank_refine_select's lists."""
+  return VIEWS.index(view) * num_datasets + i
 
 
 def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys: list,
@@ -436,23 +489,30 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                         before_search: Callable[[], None] | None = None):
   """Per dataset: (ranked Candidates, their Pareto front, number of skeleton
   duplicates)."""
-  points = [_score_points(p) for p in prepared]
-  xs, ys = [x for x, _ in points], [y for _, y in points]
-  flat = [(i, c) for i, cs in enumerate(candidates) for c in cs]
-  scores = selection.score([c for _, c in flat], [i for i, _ in flat], xs, ys)
-  # Pool entries: (prefix, refined, mse, r2, source); the constant fallback is last.
-  pools: list[list[tuple]] = [[] for _ in prepared]
-  for k, ((i, prefix), mse, r2) in enumerate(zip(flat, scores.mse, scores.r2)):
+  # The scoring points in every view (_frame says where).
+  n = len(prepared)
+  xs = [p.in_view(view, p.score_rows) for view in VIEWS for p in prepared]
+  ys = [p.y[p.score_rows] for p in prepared] * len(VIEWS)
+  # The search, tidying and the user read the features as given.
+  raw_xs = [xs[_frame(i, "raw", n)] for i in range(n)]
+  flat = [(i, prefix, view) for i, cs in enumerate(candidates) for prefix, view in cs]
+  scores = selection.score([c for _, c, _ in flat], [_frame(i, v, n) for i, _, v in flat],
+                           xs, ys)
+  pools: list[list[_Entry]] = [[] for _ in prepared]  # the constant fallback last
+  for k, ((i, prefix, view), mse, r2) in enumerate(zip(flat, scores.mse, scores.r2)):
     last = k + 1 == len(flat) or flat[k + 1][0] != i
-    pools[i].append((prefix, False, mse, r2, "constant" if last else "model"))
+    pools[i].append(_Entry(prefix, False, mse, r2, "constant" if last else "model", view))
   duplicates, to_refine = [], []
   for i, pool in enumerate(pools):
-    order = sorted(range(len(pool)), key=lambda j: pool[j][2])  # by MSE, stable
-    kept = selection.unique_by_skeleton([c[0] for c in pool], order)
+    order = sorted(range(len(pool)), key=lambda j: pool[j].mse)  # stable
+    kept = selection.unique_by_skeleton([c.prefix for c in pool], order,
+                                        [c.view for c in pool])
     duplicates.append(len(pool) - len(kept))
     pools[i] = [pool[j] for j in kept]
-    to_refine += [(i, pool[j][0], pool[j][4]) for j in kept[:config.num_refine]
-                  if np.isfinite(pool[j][2]) and expressions.num_constants(pool[j][0])]
+    for view in config.views:  # K per view: a view's candidates never crowd out another's
+      best = [j for j in kept if pool[j].view == view][:config.num_refine]
+      to_refine += [(i, pool[j]) for j in best
+                    if np.isfinite(pool[j].mse) and expressions.num_constants(pool[j].prefix)]
   clock.lap("rank")
 
   if to_refine and not clock.expired():
@@ -462,8 +522,6 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
       p.notes.append("time budget reached: constants not refined")
   clock.lap("refine")
 
-  # The search, tidying and the user read the kept features as given.
-  raw_xs = [p.x_kept[p.score_rows] for p in prepared]
   if (config.search_time > 0 or config.search.generations) and not clock.expired():
     # The search's budget is wall clock: decoding the next group beside it on the same
     # cores would take the CPU its clock counts. (On 117 Feynman problems at 2 s this
@@ -471,28 +529,28 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     if before_search is not None:
       before_search()
       clock.lap(None)  # waiting for the decoder is not a stage of this thread
-    _search_into(pools, prepared, raw_xs, ys, config, clock)
+    _search_into(pools, prepared, xs, ys, config, clock)
   clock.lap("search")
 
-  pools = [[entry if entry[4] == "search" else
-            (unscale(entry[0], p.mean, p.scale),) + entry[1:] for entry in pool]
-           for pool, p in zip(pools, prepared)]
+  pools = [[entry._replace(prefix=unscale(entry.prefix, *p.views[entry.view]), view="raw")
+            for entry in pool] for pool, p in zip(pools, prepared)]
   if config.tidy is not None and not clock.expired():
-    _tidy_fronts(pools, raw_xs, ys, config.tidy)
+    _tidy_fronts(pools, raw_xs, ys[:n], config.tidy)
   clock.lap("tidy")
 
   nearby = _finite_nearby(pools, prepared, config)
   table = []
   for i, pool in enumerate(pools):
-    complexity = np.array([len(c[0]) for c in pool])
-    r2 = np.array([c[3] for c in pool])
+    complexity = np.array([len(c.prefix) for c in pool])
+    r2 = np.array([c.r2 for c in pool])
     priced = np.where(nearby[i], r2, r2 - config.extrapolation_price)
     order_score = selection.selection_score(priced, complexity, config.selection,
                                             config.complexity_penalty, config.r2_tolerance,
                                             config.relative_tolerance)
     order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
-    rows = [Candidate(tuple(pool[j][0]), pool[j][1], float(pool[j][2]), float(pool[j][3]),
-                      int(complexity[j]), float(order_score[j]), pool[j][4])
+    rows = [Candidate(tuple(pool[j].prefix), pool[j].refined, float(pool[j].mse),
+                      float(pool[j].r2), int(complexity[j]), float(order_score[j]),
+                      pool[j].source)
             for j in order]
     if config.simplify and not clock.expired():
       clock.lap("select")
@@ -517,45 +575,51 @@ def _simplified(best: Candidate, x: np.ndarray) -> Candidate:
 _SIMPLIFY_POINTS = 128
 
 
-def _refine_into(pools: list[list[tuple]], to_refine: list[tuple], xs, ys,
+def _refine_into(pools: list[list[_Entry]], to_refine: list[tuple[int, _Entry]], xs, ys,
                  config: InferenceConfig) -> None:
-  """Refines (dataset, prefix, source) candidates on their refinement points (the first
-  refine.max_points of the scoring subset) and adds them to their pools."""
-  refined = refine.refine([c for _, c, _ in to_refine],
-                          [xs[i][:config.refine.max_points] for i, _, _ in to_refine],
-                          [ys[i][:config.refine.max_points] for i, _, _ in to_refine],
-                          config.refine)
-  entries = [(i, c) for i, c, _ in to_refine]
-  for (i, _, source), prefix, mse, r2 in zip(
+  """Refines (dataset, entry) candidates on their refinement points (the first
+  refine.max_points of the scoring subset, in the entry's view: xs[_frame(...)]) and
+  adds them to their pools."""
+  at = [_frame(i, entry.view, len(pools)) for i, entry in to_refine]
+  refined = refine.refine([entry.prefix for _, entry in to_refine],
+                          [xs[k][:config.refine.max_points] for k in at],
+                          [ys[k][:config.refine.max_points] for k in at], config.refine)
+  entries = [(k, entry.prefix) for k, (_, entry) in zip(at, to_refine)]
+  for (i, entry), prefix, mse, r2 in zip(
       to_refine, refined.prefixes, *_refined_scores(refined, entries, xs, ys, config)):
-    pools[i].append((prefix, True, mse, r2, source))
+    pools[i].append(_Entry(prefix, True, mse, r2, entry.source, entry.view))
 
 
-def _search_into(pools: list[list[tuple]], prepared: list[_Prepared], raw_xs, ys,
+def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], xs, ys,
                  config: InferenceConfig, clock: _Clock) -> None:
   """Evolves every dataset's formulas (seeded with its pool, best first) and adds the
   search's Pareto front and best formula, refined like the model's, to the pool. The
   search reads the features as given (search.py says why), so its formulas join the
-  pool on them: source "search" marks them, and they are not unscaled."""
-  seeds = [[unscale(c[0], p.mean, p.scale) for c in sorted(pool, key=lambda c: c[2])
-            if np.isfinite(c[2])] for pool, p in zip(pools, prepared)]
-  results = search.run(seeds, raw_xs, ys, [p.stream for p in prepared], config.search,
+  pool in the raw view. xs and ys: _refine_into's."""
+  n = len(prepared)
+  seeds = [[unscale(c.prefix, *p.views[c.view])
+            for c in sorted(pool, key=lambda c: c.mse) if np.isfinite(c.mse)]
+           for pool, p in zip(pools, prepared)]
+  raw = [_frame(i, "raw", n) for i in range(n)]
+  results = search.run(seeds, [xs[k] for k in raw], [ys[k] for k in raw],
+                       [p.stream for p in prepared], config.search,
                        config.search_time * len(prepared), clock.deadline)
   found = []
   for i, (result, p) in enumerate(zip(results, prepared)):
     p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
                    "formulas evaluated")
     best = (result.best,) if result.best else ()
-    found += [(i, list(prefix), "search")  # each formula once, in order
+    found += [(i, _Entry(list(prefix), False, np.inf, -np.inf, "search", "raw"))
               for prefix in dict.fromkeys(f.prefix for f in result.front + best)]
   if found:
-    _refine_into(pools, found, raw_xs, ys, config)
+    _refine_into(pools, found, xs, ys, config)
 
 
-def _finite_nearby(pools: list[list[tuple]], prepared: list[_Prepared],
+def _finite_nearby(pools: list[list[_Entry]], prepared: list[_Prepared],
                    config: InferenceConfig) -> list[np.ndarray]:
-  """Per pool entry: whether the formula is finite on 128 random points of the data's
-  box widened by extrapolation_margin of each feature's range on each side. A formula
+  """Per pool entry (all in the raw view by now): whether the formula is finite on 128
+  random points of the data's box widened by extrapolation_margin of each feature's
+  range on each side. A formula
   such as sqrt(11.3 - 1.97 x), fitted on x < 5.7, is real on the training points and
   NaN just past them (a Strogatz test point, BENCHMARKS.md)."""
   if not config.extrapolation_margin:
@@ -566,7 +630,7 @@ def _finite_nearby(pools: list[list[tuple]], prepared: list[_Prepared],
     margin = config.extrapolation_margin * (high - low)
     rng = np.random.default_rng(p.stream + 1)
     xs.append(rng.uniform(low - margin, high + margin, size=(128, len(low))))
-  flat = [(i, entry[0]) for i, pool in enumerate(pools) for entry in pool]
+  flat = [(i, entry.prefix) for i, pool in enumerate(pools) for entry in pool]
   # Chunks of 64, as tidy.py's: a chunk size per call would compile for each.
   mse = selection.score([prefix for _, prefix in flat], [i for i, _ in flat], xs,
                         [np.zeros(128)] * len(xs), shape=(1, 1, 64)).mse
@@ -577,24 +641,24 @@ def _finite_nearby(pools: list[list[tuple]], prepared: list[_Prepared],
   return out
 
 
-def _tidy_fronts(pools: list[list[tuple]], xs: list, ys: list,
+def _tidy_fronts(pools: list[list[_Entry]], xs: list, ys: list,
                  config: tidy.TidyConfig) -> None:
   """Tidies (tidy.py) in place the formulas a selection rule picks from: the most
   accurate _TIDIED of each pool's Pareto front of length vs MSE, within 0.01 of the best
   R2; rescores what changed on the scoring points."""
   at = []
   for i, pool in enumerate(pools):
-    front = _front_indices([len(c[0]) for c in pool], [c[2] for c in pool])[-_TIDIED:]
-    at += [(i, j) for j in front if pool[j][3] >= pool[front[-1]][3] - 0.01]
-  tidied = tidy.tidy([pools[i][j][0] for i, j in at], [i for i, _ in at], xs, ys, config)
-  changed = [k for k, (i, j) in enumerate(at) if tidied[k] != list(pools[i][j][0])]
+    front = _front_indices([len(c.prefix) for c in pool], [c.mse for c in pool])[-_TIDIED:]
+    at += [(i, j) for j in front if pool[j].r2 >= pool[front[-1]].r2 - 0.01]
+  tidied = tidy.tidy([pools[i][j].prefix for i, j in at], [i for i, _ in at], xs, ys,
+                     config)
+  changed = [k for k, (i, j) in enumerate(at) if tidied[k] != list(pools[i][j].prefix)]
   if not changed:
     return
   scores = selection.score([tidied[k] for k in changed], [at[k][0] for k in changed], xs, ys)
   for k, mse, r2 in zip(changed, scores.mse, scores.r2):
     i, j = at[k]
-    _, refined, _, _, source = pools[i][j]
-    pools[i][j] = (tidied[k], refined, mse, r2, source)
+    pools[i][j] = pools[i][j]._replace(prefix=tidied[k], mse=mse, r2=r2)
 
 
 _TIDIED = 8
@@ -666,9 +730,9 @@ class _Decoder:
     start = time.perf_counter()
     config, batch = self.config, self.batch
     chunk = self.bags[begin:begin + batch]
-    samples = [_Bag(x, y) for _, x, y, _ in chunk]
+    samples = [_Bag(x, y) for _, x, y, _, _ in chunk]
     samples += [samples[0]] * (batch - len(samples))
-    keys = [_bag_key(*key) for _, _, _, key in chunk]
+    keys = [_bag_key(*key) for _, _, _, key, _ in chunk]
     keys = jnp.stack(keys + keys[:1] * (batch - len(keys)))
     points = data.tokenize_points(samples, config.max_points_per_bag)
     mask = np.zeros((batch, config.max_points_per_bag), bool)
@@ -687,10 +751,13 @@ class _Decoder:
     return per_bag
 
 
-def _bag_key(stream: int, bag: int) -> jax.Array:
-  """The sampling key of a dataset's bag-th bag (dataset_stream folds in the seed)."""
+def _bag_key(stream: int, bag: int, view: int) -> jax.Array:
+  """The sampling key of a dataset's bag-th bag in VIEWS[view] (dataset_stream folds in
+  the seed). It does not depend on the other views decoded, so adding a view only adds
+  candidates; the standardised view's keys are those of the releases before views."""
   key = jax.random.key(stream & 0x7FFFFFFF)
-  return jax.random.fold_in(jax.random.fold_in(key, (stream >> 31) & 0x7FFFFFFF), bag)
+  key = jax.random.fold_in(jax.random.fold_in(key, (stream >> 31) & 0x7FFFFFFF), bag)
+  return jax.random.fold_in(key, view) if view else key
 
 
 @dataclasses.dataclass(frozen=True)

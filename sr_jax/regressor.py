@@ -38,6 +38,12 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   plus the greedy one); max_bags: bags of <= 200 points read per dataset (3, where
   E2E reads 10: on 30 Feynman problems the model alone was as accurate with 3 and took
   0.62 s per dataset instead of 2.16 s, time the search puts to better use);
+  views: the coordinates each bag is shown to the model in, one decoding pass each:
+  'standardised' (E2E's: zero mean, unit variance per feature), 'scaled' (divided by
+  the root mean square, not centred: products and ratios of features stay so) and
+  'raw' (as given). The default, both of the first two, solves Feynman laws on
+  positive ranges that standardised inputs alone turn into long rational functions
+  (BENCHMARKS.md);
   max_score_points: training points (a seeded random subset) the candidates are ranked
   and their constants refined on (2,000; E2E ranks on all, up to 10,000: on 30 Feynman
   problems with 10,000 training rows the model stages then took 0.80 s per dataset
@@ -73,7 +79,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
 
   def __init__(self, pretrained: str | Transformer | None = None, method: str = "sample",
                num_candidates: int = 10, temperature: float = 1.0, max_len: int = 128,
-               max_bags: int = 3, max_score_points: int = 2_000, num_refine: int = 10,
+               max_bags: int = 3, views: tuple[str, ...] = inference.InferenceConfig.views,
+               max_score_points: int = 2_000, num_refine: int = 10,
                refine_method: str = "lm",
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
@@ -86,6 +93,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.temperature = temperature
     self.max_len = max_len
     self.max_bags = max_bags
+    self.views = views
     self.max_score_points = max_score_points
     self.num_refine = num_refine
     self.refine_method = refine_method
@@ -107,6 +115,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     return inference.InferenceConfig(
         method=self.method, num_candidates=self.num_candidates,
         temperature=self.temperature, max_len=self.max_len, max_bags=self.max_bags,
+        views=(self.views,) if isinstance(self.views, str) else tuple(self.views),
         max_score_points=self.max_score_points, num_refine=self.num_refine,
         refine=refine.RefineConfig(method=self.refine_method,
                                    max_iters=self.refine_iters, seed=seed),

@@ -119,13 +119,14 @@ def _linearly_scaled(prediction_BxN, y_BxN, mask_BxN):
   return y_mean[:, None] + slope_B[:, None] * centred_BxN
 
 
-def unique_by_skeleton(prefixes: Sequence[expressions.Prefix],
-                       order: Sequence[int]) -> list[int]:
+def unique_by_skeleton(prefixes: Sequence[expressions.Prefix], order: Sequence[int],
+                       frames: Sequence | None = None) -> list[int]:
   """Indices (from `order`, best first) whose skeleton no earlier one has: E2E keeps
-  only the best candidate of each skeleton."""
+  only the best candidate of each skeleton. With `frames` (the coordinates each
+  formula reads its variables in), one skeleton in two frames is two functions."""
   seen, kept = set(), []
   for i in order:
-    key = expressions.skeleton(prefixes[i])
+    key = (frames[i] if frames is not None else None, expressions.skeleton(prefixes[i]))
     if key not in seen:
       seen.add(key)
       kept.append(i)

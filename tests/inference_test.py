@@ -20,17 +20,26 @@ def _perturb(prefix, rng):
           for t in prefix]
 
 
+def _view(x, view):
+  """(centre, scale) per feature of a view, written out with numpy."""
+  zeros = np.zeros(x.shape[1])
+  return {"standardised": (x.mean(0), x.std(0)),
+          "scaled": (zeros, np.sqrt(np.mean(x ** 2, axis=0))),
+          "raw": (zeros, zeros + 1)}[view]
+
+
 def _oracle_proposer(truths, datasets, seed=0):
-  """A stand-in for the model: for each bag, the true formula (rewritten for the
-  standardised X the pipeline gives it) with perturbed constants, plus junk."""
+  """A stand-in for the model: for each bag, the true formula (rewritten for the X the
+  pipeline gives it, in the bag's view) with perturbed constants, plus junk."""
   rng = np.random.default_rng(seed)
 
   def propose(bags):
     out = []
-    for i, z, _ in bags:
+    for i, u, _, view in bags:
       x = datasets[i][0]
-      true_z = standardised(truths[i], x.mean(0), x.std(0))
-      out.append([_perturb(true_z, rng), None, ["x_0"], ["mul", 2.0, "x_0"]])
+      centre, scale = _view(x, view)
+      true_u = standardised(truths[i], centre, scale)
+      out.append([_perturb(true_u, rng), None, ["x_0"], ["mul", 2.0, "x_0"]])
     return out
   return propose
 
@@ -64,6 +73,92 @@ def test_known_formulas_are_recovered_through_the_whole_pipeline():
   assert recovered >= 5
 
 
+def test_every_bag_is_shown_in_every_view():
+  """Each bag of rows is shown in each view, X written (x - centre) / scale of the
+  view over the whole dataset."""
+  rng = np.random.default_rng(6)
+  datasets = [(rng.uniform(1, 5, size=(n, 2)), rng.normal(size=n)) for n in (150, 900)]
+  seen = []
+
+  def propose(bags):
+    seen.extend(bags)
+    return [[] for _ in bags]
+  config = inference.InferenceConfig(views=("standardised", "scaled", "raw"), max_bags=4)
+  output = inference.run(None, datasets, config, propose=propose)
+  assert [(i, view) for i, _, _, view in seen] == [
+      (i, view) for i, bags in ((0, 1), (1, 4)) for _ in range(bags) for view in config.views]
+  for k, (i, u, y, view) in enumerate(seen):
+    x, y_all = datasets[i]
+    centre, scale = _view(x, view)
+    rows = [np.flatnonzero(y_all == value)[0] for value in y]  # which rows the bag holds
+    np.testing.assert_allclose(u, (x[rows] - centre) / scale, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(y, seen[k - k % 3][2])  # one bag's rows in each view
+  assert len(seen[3][2]) == 200 and len({tuple(b[2]) for b in seen[3:]}) == 4
+  assert [r.num_decoded for r in output.results] == [0, 0]
+  with pytest.raises(ValueError, match="views must be distinct"):
+    inference.InferenceConfig(views=("raw", "raw"))
+  with pytest.raises(ValueError, match="views must be distinct"):
+    inference.InferenceConfig(views=("whitened",))
+
+
+def test_a_formula_is_scored_refined_and_unscaled_in_its_own_view():
+  """y = 2 x on x in [1, 5]: mul(c, x_0) fits exactly as given and divided by the
+  RMS, not standardised (c z misses the offset). The same skeleton from two views is
+  two functions: both are kept, and the one picked predicts y from the raw X."""
+  x = np.linspace(1, 5, 120)[:, None]
+  y = 2 * x[:, 0]
+  propose = lambda bags: [[["mul", 1.0, "x_0"]] for _ in bags]
+  alone = inference.run(None, [(x, y)], inference.InferenceConfig(views=("standardised",)),
+                        propose=propose).results[0]
+  assert alone.best.r2 < 0.99
+  for view in ("scaled", "raw"):
+    both = inference.run(None, [(x, y)],
+                         inference.InferenceConfig(views=("standardised", view)),
+                         propose=propose).results[0]
+    assert both.best.r2 > 1 - 1e-9 and both.num_duplicates == 0
+    np.testing.assert_allclose(both.predict(x), y, rtol=1e-6)
+    assert any(c.r2 == pytest.approx(alone.best.r2) for c in both.candidates)
+
+
+def test_adding_a_view_only_adds_candidates(monkeypatch):
+  """A bag's samples in a view do not depend on the other views decoded: the
+  standardised view decodes the same candidates alone and beside the scaled one."""
+  model = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(2))
+  rng = np.random.default_rng(8)
+  datasets = [(rng.uniform(1, 3, size=(n, 2)), rng.normal(size=n)) for n in (60, 300)]
+  decoded = []
+  finish = inference._finish_group
+  monkeypatch.setattr(inference, "_finish_group", lambda prepared, owners, proposals, *a:
+                      decoded.append(list(zip(owners, proposals))) or
+                      finish(prepared, owners, proposals, *a))
+  for views in (("standardised",), ("standardised", "scaled")):
+    inference.run(model, datasets, inference.InferenceConfig(
+        num_candidates=4, max_len=16, num_refine=1, max_bags=2, decode_batch=4, views=views))
+  alone, both = decoded
+  assert len(both) == 2 * len(alone)
+  assert [p for (_, view), p in both if view == "standardised"] == [p for _, p in alone]
+  assert [p for (_, view), p in both if view == "scaled"] != [p for _, p in alone]
+
+
+def test_each_view_gets_its_own_refinements():
+  """K = 1 refinement per view: the standardised view's candidates, closer before
+  refinement, do not take the scaled view's slot, whose monomial then fits x0 * x1."""
+  rng = np.random.default_rng(7)
+  x = rng.uniform(1, 5, size=(150, 2))
+  y = x[:, 0] * x[:, 1]
+  z = (x - x.mean(0)) / x.std(0)
+  fit = np.linalg.lstsq(np.column_stack([np.ones(150), z]), y, rcond=None)[0]
+  linear = ["add", fit[0], "add", "mul", fit[1], "x_0", "mul", fit[2], "x_1"]
+
+  def propose(bags):
+    return [[linear] if view == "standardised" else [["mul", 0.1, "mul", "x_0", "x_1"]]
+            for _, _, _, view in bags]
+  config = inference.InferenceConfig(num_refine=1, selection="r2")
+  result = inference.run(None, [(x, y)], config, propose=propose).results[0]
+  assert result.best.r2 > 1 - 1e-9 and result.best.refined
+  np.testing.assert_allclose(result.predict(x), y, rtol=1e-6)
+
+
 def test_scaling_round_trip_is_exact():
   rng = np.random.default_rng(0)
   x = rng.normal([100.0, -3.0], [20.0, 0.01], size=(50, 2))
@@ -74,6 +169,10 @@ def test_scaling_round_trip_is_exact():
                              expressions.evaluate(prefix, (x - mean) / scale), rtol=1e-12)
   with pytest.raises(expressions.ExpressionError, match="reads x_2 but the data has 2"):
     inference.unscale(["x_2"], mean, scale)
+  # A zero centre and a unit scale add nothing to the formula.
+  assert inference.unscale(["sin", "x_0"], np.zeros(1), np.full(1, 0.5)) == [
+      "sin", "mul", 2.0, "x_0"]
+  assert inference.unscale(["sin", "x_0"], np.zeros(1), np.ones(1)) == ["sin", "x_0"]
 
 
 def test_more_than_ten_features_keeps_the_most_correlated():
@@ -100,7 +199,8 @@ def test_invalid_candidates_are_dropped_and_a_constant_remains():
   def propose(bags):
     return [[None, ["x_5"], ["log", "mul", -1.0, "add", 2.0, "x_0"]] for _ in bags]
   result = inference.run(None, [(x, y)], propose=propose).results[0]
-  assert (result.num_decoded, result.num_invalid) == (3, 2)
+  views = len(inference.InferenceConfig().views)  # one bag, shown in every view
+  assert (result.num_decoded, result.num_invalid) == (3 * views, 2 * views)
   # log of a negative number is NaN: scored as infinitely bad, never picked.
   assert result.best.prefix == (pytest.approx(np.mean(y)),)
   assert result.best.r2 == pytest.approx(0.0, abs=1e-12)
@@ -145,11 +245,12 @@ def test_model_decoding_path_is_deterministic_and_batched():
   rng = np.random.default_rng(3)
   datasets = [(rng.normal(size=(n, d)), rng.normal(size=n)) for n, d in ((30, 1), (450, 2))]
   config = inference.InferenceConfig(num_candidates=3, max_len=16, num_refine=2,
-                                     max_bags=2, decode_batch=4)
+                                     max_bags=2, decode_batch=4, views=("standardised", "raw"))
   first = inference.run(model, datasets, config)
   again = inference.run(model, datasets, config)
-  # 1 bag and 2 bags (of 450 points only 400 are read), C samples + greedy each.
-  assert [r.num_decoded for r in first.results] == [4, 8]
+  # 1 bag and 2 bags (of 450 points only 400 are read), each in 2 views, C samples +
+  # greedy each.
+  assert [r.num_decoded for r in first.results] == [8, 16]
   assert "read 400 of them" in " ".join(first.results[1].notes)
   for a, b in zip(first.results, again.results):
     assert a.candidates == b.candidates

@@ -16,7 +16,7 @@ from sklearn.metrics import r2_score
 
 from sr_jax import inference, metrics, report, suite_runner, suites
 
-# (formula in x0, x1, skeleton proposed on standardised inputs)
+# (formula in x0, x1, skeleton proposed in every view: its constants absorb the scaling)
 _FORMULAS = [
     ("2.5 + 1.5*sin(0.8 + 1.2*x0) - 0.7*x1",
      ["add", 1.0, "add", "mul", 1.0, "sin", "add", 0.5, "mul", 1.0, "x_0", "mul", 1.0, "x_1"]),
@@ -48,7 +48,7 @@ def _proposer(problems, tasks_per_problem=None):
     return i // tasks_per_problem if tasks_per_problem else values[float(y[0])]
 
   def propose(bags):
-    return [[_FORMULAS[which(i, y)][1], None] for i, _, y in bags]
+    return [[_FORMULAS[which(i, y)][1], None] for i, _, y, _ in bags]
   return propose
 
 
