@@ -5,10 +5,10 @@ wrapper does), split the rows into bags of <= 200 points, show each bag to the m
 each of the `views` (X standardised, as E2E; divided by its root mean square; or as
 given), decode candidates for every bag (greedy plus C samples or a beam), parse them
 (invalid ones dropped and counted), score them on the training points in their view's
-coordinates, keep the best of each skeleton, refine the constants of the top K per view, optionally evolve the pool for
-`search_time` seconds per dataset (search.py: its Pareto front and best formula join
-the pool, refined like the rest), rank the pool by R2 or a complexity-penalised score,
-and undo the scaling symbolically.
+coordinates, keep the best of each skeleton, refine the constants of the top K per
+view, optionally evolve the pool for `search_time` seconds per dataset (search.py: its
+Pareto front and best formula join the pool, refined like the rest), rank the pool by
+R2 or a complexity-penalised score, and undo the scaling symbolically.
 
 Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
 that runs ahead; scoring, refinement and search in a few jitted calls (selection.py,
@@ -261,11 +261,11 @@ class _Prepared:
 def _view_transforms(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """(centre, scale) per feature of each view. A scale of 0 (a constant or an all-zero
   column) becomes 1."""
-  ones = np.ones(x.shape[1])
+  zeros = np.zeros(x.shape[1])
   std, rms = x.std(0), np.sqrt(np.mean(np.square(x), axis=0))
   return {"standardised": (x.mean(0), np.where(std == 0, 1.0, std)),
-          "scaled": (0 * ones, np.where(rms == 0, 1.0, rms)),
-          "raw": (0 * ones, ones)}
+          "scaled": (zeros, np.where(rms == 0, 1.0, rms)),
+          "raw": (zeros, zeros + 1)}
 
 
 def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
@@ -619,9 +619,8 @@ def _finite_nearby(pools: list[list[_Entry]], prepared: list[_Prepared],
                    config: InferenceConfig) -> list[np.ndarray]:
   """Per pool entry (all in the raw view by now): whether the formula is finite on 128
   random points of the data's box widened by extrapolation_margin of each feature's
-  range on each side. A formula
-  such as sqrt(11.3 - 1.97 x), fitted on x < 5.7, is real on the training points and
-  NaN just past them (a Strogatz test point, BENCHMARKS.md)."""
+  range on each side. A formula such as sqrt(11.3 - 1.97 x), fitted on x < 5.7, is real
+  on the training points and NaN just past them (a Strogatz test point, BENCHMARKS.md)."""
   if not config.extrapolation_margin:
     return [np.ones(len(pool), bool) for pool in pools]
   xs = []

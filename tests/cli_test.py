@@ -14,7 +14,7 @@ from absl import flags
 from absl.testing import flagsaver
 from flax import nnx
 
-from sr_jax import pretrained, suite_runner
+from sr_jax import inference, pretrained, suite_runner
 from sr_jax.cli import evaluate, fit
 from sr_jax.model import Transformer, model_config
 
@@ -124,7 +124,7 @@ def test_training_console_is_quiet_and_the_log_file_complete(tmp_path):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_eval_passes_the_temperature_to_decoding_and_refuses_zero(tmp_path, monkeypatch):
+def test_eval_passes_the_temperature_and_views_and_refuses_zero_temperature(tmp_path, monkeypatch):
   seen = []
 
   class Stop(Exception):
@@ -142,6 +142,12 @@ def test_eval_passes_the_temperature_to_decoding_and_refuses_zero(tmp_path, monk
     with pytest.raises(Stop):
       evaluate.main([])
   assert seen[0].temperature == 1.3
+  # Views: the library's default unless named.
+  assert seen[0].views == inference.InferenceConfig().views
+  with flagsaver.flagsaver(views=["scaled"], suite=["strogatz"], outdir=str(tmp_path)):
+    with pytest.raises(Stop):
+      evaluate.main([])
+  assert seen[1].views == ("scaled",)
   done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--temperature", "0"],
                         capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "--temperature must be > 0" in done.stderr

@@ -35,9 +35,8 @@ flags.register_validator("temperature", lambda t: t > 0,
                          "--temperature must be > 0 (sampling divides the logits by it)")
 _REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset (K).")
 _BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
-_VIEWS = flags.DEFINE_list("views", list(inference.VIEWS),
-                           "The coordinates the bags show X in, in turn: standardised "
-                           "(E2E's), raw (as given).")
+_VIEWS = flags.DEFINE_list("views", list(inference.InferenceConfig.views),
+                           f"Views of X every bag is decoded in, from {inference.VIEWS}.")
 _SEARCH_TIME = flags.DEFINE_float("search_time", 2.0,
                                   "Seconds of evolutionary search per dataset (0: off).")
 _SYMBOLIC = flags.DEFINE_list("symbolic_suites", ["feynman", "feynman_bonus", "strogatz"],
