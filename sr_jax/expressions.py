@@ -173,6 +173,12 @@ def to_sympy(prefix: Prefix, symbols: Sequence[sympy.Symbol] | None = None,
   With evaluate=False, sympy keeps the tree as written (no automatic rewriting such
   as sqrt(x)**2 -> x), so its numerical values equal the prefix's everywhere,
   including where the prefix gives NaN.
+
+  With evaluate=True, a subtree without variables becomes one number, its value in
+  float64 as `evaluate` gives it (NaN -> nan, overflow -> +-oo). sympy would fold it
+  exactly instead: log(-8e-18) is complex there, and twenty nested logs of it under
+  arcsins and cosines (a formula an untrained model writes) took sympy's evalf
+  minutes, exp(exp(20)) a Float with a 9-digit exponent.
   """
   symbols = list(symbols) if symbols is not None else default_symbols()
   root = parse(prefix)
@@ -187,12 +193,25 @@ def to_sympy(prefix: Prefix, symbols: Sequence[sympy.Symbol] | None = None,
     if not node.children:
       return symbols[operators.variable_index(node.value)]
     args = [build(child) for child in node.children]
+    if (evaluate and all(isinstance(a, sympy.Number) for a in args)
+        and not variables_used(node.prefix())):  # sympy also folds x - x to 0
+      return _folded(node)
     if evaluate:
       return operators.OPERATORS[node.value].sympy_fn(*args)
     with sympy.evaluate(False):
       return operators.OPERATORS[node.value].sympy_fn(*args)
 
   return build(root)
+
+
+def _folded(node: Node) -> sympy.Expr:
+  """A subtree without variables as the sympy number of its float64 value."""
+  value = evaluate(node.prefix(), np.zeros((1, 0)))[0]
+  if np.isnan(value):
+    return sympy.nan
+  if np.isinf(value):
+    return sympy.oo if value > 0 else -sympy.oo
+  return sympy.Float(value)
 
 
 def _integer_power(base: list[Token], n: int) -> list[Token]:
@@ -315,9 +334,11 @@ _FLOAT64_TINY = float(np.finfo(np.float64).smallest_subnormal)
 def model_string(prefix: Prefix, feature_names: Sequence[str]) -> str:
   """The SRBench model string: sympy-parsable, in the user's column names.
 
-  sympy folds constant subexpressions exactly, so exp(exp(20)) becomes a Float with a
-  9-digit exponent, whose string takes hours to parse back. Constants beyond float64's
-  range become +-oo or 0, which is what evaluating the formula in float64 gives.
+  to_sympy folds constant subtrees in float64, but sympy still multiplies constants
+  across a variable exactly: 1e300 * (1e300 * x) becomes 1e600*x, a Float that float64
+  cannot hold (and exp(exp(20)) folded exactly has a 9-digit exponent, whose string
+  takes hours to parse back). Constants beyond float64's range become +-oo or 0, which
+  is what evaluating the formula in float64 gives.
   """
   symbols = [sympy.Symbol(str(name), real=True) for name in feature_names]
   expr = to_sympy(prefix, symbols)

@@ -40,10 +40,11 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   0.62 s per dataset instead of 2.16 s, time the search puts to better use);
   views: the coordinates each bag is shown to the model in, one decoding pass each:
   'standardised' (E2E's: zero mean, unit variance per feature), 'scaled' (divided by
-  the root mean square, not centred: products and ratios of features stay so) and
-  'raw' (as given). The default, both of the first two, solves Feynman laws on
-  positive ranges that standardised inputs alone turn into long rational functions
-  (BENCHMARKS.md);
+  the root mean square, not centred: products and ratios of features stay so), 'raw'
+  (as given) and 'mirrored' (standardised, every sign flipped). The default,
+  standardised, scaled and mirrored: the scaled view solves Feynman laws on positive
+  ranges that standardised inputs alone turn into long rational functions, and each
+  further view is another look at the same points (BENCHMARKS.md);
   max_score_points: training points (a seeded random subset) the candidates are ranked
   and their constants refined on (2,000; E2E ranks on all, up to 10,000: on 30 Feynman
   problems with 10,000 training rows the model stages then took 0.80 s per dataset

@@ -190,12 +190,41 @@ def test_helpers():
   assert ex.parse(prefix).prefix() == prefix
 
 
+@pytest.mark.parametrize("constant", [
+    ["log", -2.0],  # complex in sympy, NaN in the formula
+    ["sqrt", "sub", 1.0, 5.0],
+    ["exp", "exp", 20.0],  # overflows float64
+    ["mul", -1.0, "exp", "exp", 20.0],
+    ["add", "sin", 0.5, "pow2", 3.0],
+    ["div", 1.0, 0.0],
+])
+def test_constant_subtrees_become_their_float64_values(constant):
+  value = ex.evaluate(constant, np.zeros((1, 0)))[0]
+  folded = ex.to_sympy(["add", "x_0", *constant], SYMBOLS) - SYMBOLS[0]
+  if np.isnan(value):
+    assert folded is sympy.nan
+  else:
+    assert float(folded) == value  # inf included
+  # A variable that cancels is not a constant subtree: x - x is sympy's 0, exp of it 1.
+  assert ex.to_sympy(["exp", "sub", "x_0", "x_0"], SYMBOLS) == 1
+
+
+def test_nested_functions_of_a_constant_convert_at_once():
+  """An untrained model wrote this: with sympy folding it exactly (twenty logs of a
+  complex number), a fit's candidate table took minutes and more."""
+  prefix = ["cos"] * 10 + ["arcsin"] * 9 + ["log"] * 19 + [-8.297e-18]
+  assert ex.to_sympy(prefix, SYMBOLS) is sympy.nan
+  assert np.isnan(ex.evaluate(prefix, np.zeros((1, 0)))[0])
+
+
 def test_model_string_keeps_constants_in_float64_range():
-  """sympy folds exp(exp(20)) exactly into a Float whose string takes hours to parse:
-  the model string writes what float64 evaluation gives (inf, or 0 for underflow)."""
+  """Constants sympy multiplies together across a variable (1e300 * (1e300 * x)),
+  or that overflow when folded, are written as float64 evaluation gives them (inf,
+  or 0 for underflow)."""
   huge = ex.model_string(["mul", "exp", "exp", 20.0, "x_0"], ["x"])
   tiny = ex.model_string(["add", "x_0", "exp", "mul", -1.0, "exp", 20.0], ["x"])
-  assert huge == "oo*x"
+  product = ex.model_string(["mul", 1e300, "mul", "x_0", 1e300], ["x"])
+  assert huge == "oo*x" and product == "oo*x"
   assert tiny == "x"
   with np.errstate(over="ignore"):
     assert np.isinf(np.exp(np.exp(20.0))) and np.exp(-np.exp(20.0)) == 0.0

@@ -25,7 +25,8 @@ def _view(x, view):
   zeros = np.zeros(x.shape[1])
   return {"standardised": (x.mean(0), x.std(0)),
           "scaled": (zeros, np.sqrt(np.mean(x ** 2, axis=0))),
-          "raw": (zeros, zeros + 1)}[view]
+          "raw": (zeros, zeros + 1),
+          "mirrored": (x.mean(0), -x.std(0))}[view]
 
 
 def _oracle_proposer(truths, datasets, seed=0):
@@ -83,17 +84,19 @@ def test_every_bag_is_shown_in_every_view():
   def propose(bags):
     seen.extend(bags)
     return [[] for _ in bags]
-  config = inference.InferenceConfig(views=("standardised", "scaled", "raw"), max_bags=4)
+  config = inference.InferenceConfig(views=inference.VIEWS, max_bags=4)
   output = inference.run(None, datasets, config, propose=propose)
   assert [(i, view) for i, _, _, view in seen] == [
       (i, view) for i, bags in ((0, 1), (1, 4)) for _ in range(bags) for view in config.views]
+  per_bag = len(config.views)
   for k, (i, u, y, view) in enumerate(seen):
     x, y_all = datasets[i]
     centre, scale = _view(x, view)
     rows = [np.flatnonzero(y_all == value)[0] for value in y]  # which rows the bag holds
     np.testing.assert_allclose(u, (x[rows] - centre) / scale, rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(y, seen[k - k % 3][2])  # one bag's rows in each view
-  assert len(seen[3][2]) == 200 and len({tuple(b[2]) for b in seen[3:]}) == 4
+    np.testing.assert_array_equal(y, seen[k - k % per_bag][2])  # a bag's rows in each view
+  assert len(seen[per_bag][2]) == 200
+  assert len({tuple(b[2]) for b in seen[per_bag:]}) == 4
   assert [r.num_decoded for r in output.results] == [0, 0]
   with pytest.raises(ValueError, match="views must be distinct"):
     inference.InferenceConfig(views=("raw", "raw"))
@@ -118,6 +121,19 @@ def test_a_formula_is_scored_refined_and_unscaled_in_its_own_view():
     assert both.best.r2 > 1 - 1e-9 and both.num_duplicates == 0
     np.testing.assert_allclose(both.predict(x), y, rtol=1e-6)
     assert any(c.r2 == pytest.approx(alone.best.r2) for c in both.candidates)
+
+
+def test_a_mirrored_formula_is_unscaled_with_its_signs():
+  """y = exp(-z), z the standardised x: the constant-free exp(x_0) is exact only in the
+  mirrored view (x_0 = -z), and its unscaled form predicts y from the raw X."""
+  x = np.linspace(-2, 7, 90)[:, None]
+  y = np.exp(-(x[:, 0] - x.mean()) / x.std())
+  propose = lambda bags: [[["exp", "x_0"]] for _ in bags]
+  for views, fits in ((("standardised", "scaled"), False), (("standardised", "mirrored"), True)):
+    result = inference.run(None, [(x, y)], inference.InferenceConfig(views=views),
+                           propose=propose).results[0]
+    assert (result.best.r2 > 1 - 1e-9) == fits
+  np.testing.assert_allclose(result.predict(x), y, rtol=1e-9)
 
 
 def test_adding_a_view_only_adds_candidates(monkeypatch):
@@ -372,6 +388,7 @@ def test_the_search_waits_until_every_bag_is_decoded(monkeypatch):
   monkeypatch.setattr(inference, "_GROUP", 8)
   config = inference.InferenceConfig(
       num_candidates=2, max_len=16, num_refine=1, max_bags=1, decode_batch=1,
+      views=("standardised",),  # one decoding call per dataset
       search=inference.search.SearchConfig(generations=1, population=8, offspring=4,
                                            refined=4))
   output = inference.run(model, datasets, config)

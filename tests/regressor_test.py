@@ -20,8 +20,10 @@ _TINY = Transformer(model_config("debug", max_target_len=32), rngs=nnx.Rngs(0))
 
 
 def _fast(**overrides):
+  """A cheap regressor: one view (each view is one more decoding pass; the views have
+  tests of their own in inference_test), no search."""
   settings = dict(num_candidates=2, max_len=16, max_bags=2, num_refine=2, refine_iters=10,
-                  search_time=0.0)
+                  search_time=0.0, views=("standardised",))
   return SymbolicTransformerRegressor(_TINY, **{**settings, **overrides})
 
 
@@ -81,7 +83,7 @@ def test_fit_many_matches_fit_on_each():
   subsets come from its own stream)."""
   rng = np.random.default_rng(1)
   datasets = [(rng.normal(size=(n, 2)), rng.normal(size=n)) for n in (40, 250, 90)]
-  est = _fast(num_candidates=4, max_bags=3)
+  est = _fast(num_candidates=4, max_bags=3, views=("standardised", "mirrored"))
   many = est.fit_many(datasets)
   reverse = est.fit_many(datasets[::-1])[::-1]
   assert not hasattr(est, "prefix_")
@@ -109,6 +111,7 @@ def test_trained_run_loads_and_fits(tmp_path):
   assert loaded.config.max_target_len == 128
   est = SymbolicTransformerRegressor(str(tmp_path), num_candidates=2, max_len=16,
                                      max_bags=1, num_refine=1, refine_iters=5,
+                                     views=("standardised",),
                                      search_time=0.0)  # the search has tests of its own
   x, y = np.linspace(0, 1, 20)[:, None], np.linspace(0, 1, 20) ** 2
   est.fit(x, y)
