@@ -19,7 +19,8 @@ from sr_jax.cli import evaluate, fit
 from sr_jax.model import Transformer, model_config
 
 
-FAST = ["--num_candidates", "2", "--max_bags", "1", "--search_time", "0.5"]
+FAST = ["--num_candidates", "2", "--max_bags", "1", "--views", "standardised",
+        "--search_time", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def test_fit_json_is_machine_readable(model_file, data_file, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--target", "nope"], "no column 'nope'"),
+    (["--views", "standardised,whitened"], "views must be distinct names from"),
 ])
 def test_fit_errors_are_named(model_file, data_file, args, message):
   with pytest.raises(SystemExit, match=message):

@@ -40,6 +40,9 @@ def fit(argv: list[str]) -> int:
   parser.add_argument("--num_candidates", type=int, default=10, help="samples per bag")
   parser.add_argument("--max_bags", type=int, default=3,
                       help="bags of 200 points read (the regressor's default)")
+  parser.add_argument("--views", default=None,
+                      help="views of X the model reads, comma-separated, e.g. "
+                           "standardised,scaled (default: the regressor's)")
   parser.add_argument("--search_time", type=float, default=2.0,
                       help="seconds of evolutionary search (0: off)")
   parser.add_argument("--seed", type=int, default=0)
@@ -57,10 +60,11 @@ def fit(argv: list[str]) -> int:
     raise SystemExit(f"sr-jax fit: non-numeric column(s) {non_numeric or [target]} in "
                      f"{args.data!r}")
   from sr_jax.regressor import SymbolicTransformerRegressor  # after argument errors
+  views = {} if args.views is None else {"views": tuple(args.views.split(","))}
   est = SymbolicTransformerRegressor(args.pretrained, num_candidates=args.num_candidates,
                                      max_bags=args.max_bags, max_time=args.max_time,
                                      search_time=args.search_time,
-                                     random_state=args.seed)
+                                     random_state=args.seed, **views)
   try:
     est.fit(X, frame[target])
   except ValueError as e:
