@@ -2,11 +2,11 @@
 
 For every dataset: keep at most 10 features (the most correlated with y, as E2E's
 wrapper does), split the rows into bags of <= 200 points, show each bag to the model in
-each of the `views` (X standardised, as E2E; divided by its root mean square; or as
-given), decode candidates for every bag (greedy plus C samples or a beam), parse them
-(invalid ones dropped and counted), score them on the training points in their view's
-coordinates, keep the best of each skeleton, refine the constants of the top K per
-view, optionally evolve the pool for `search_time` seconds per dataset (search.py: its
+each of the `views` (X standardised, as E2E; divided by its root mean square; as
+given; or standardised with the signs flipped), decode candidates for every bag
+(greedy plus C samples or a beam), parse them (invalid ones dropped and counted),
+score them on the training points in their view's coordinates, keep the best of each
+skeleton, refine the constants of the top K per view, optionally evolve the pool for `search_time` seconds per dataset (search.py: its
 Pareto front and best formula join the pool, refined like the rest), rank the pool by
 R2 or a complexity-penalised score, and undo the scaling symbolically.
 
@@ -268,12 +268,13 @@ class _Prepared:
 def _view_transforms(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """(centre, scale) per feature of each view. A scale of 0 (a constant or an all-zero
   column) becomes 1."""
-  zeros = np.zeros(x.shape[1])
+  zeros, mean = np.zeros(x.shape[1]), x.mean(0)
   std, rms = x.std(0), np.sqrt(np.mean(np.square(x), axis=0))
-  return {"standardised": (x.mean(0), np.where(std == 0, 1.0, std)),
+  std = np.where(std == 0, 1.0, std)
+  return {"standardised": (mean, std),
           "scaled": (zeros, np.where(rms == 0, 1.0, rms)),
           "raw": (zeros, zeros + 1),
-          "mirrored": (x.mean(0), -np.where(std == 0, 1.0, std))}
+          "mirrored": (mean, -std)}
 
 
 def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
