@@ -6,9 +6,10 @@ each of the `views` (X standardised, as E2E; divided by its root mean square; as
 given; or standardised with the signs flipped), decode candidates for every bag
 (greedy plus C samples or a beam), parse them (invalid ones dropped and counted),
 score them on the training points in their view's coordinates, keep the best of each
-skeleton, refine the constants of the top K per view, optionally evolve the pool for `search_time` seconds per dataset (search.py: its
-Pareto front and best formula join the pool, refined like the rest), rank the pool by
-R2 or a complexity-penalised score, and undo the scaling symbolically.
+skeleton, refine the constants of the top K per view, optionally evolve the pool for
+`search_time` seconds per dataset (search.py: its Pareto front and best formula join
+the pool, refined like the rest), rank the pool by R2 or a complexity-penalised score,
+and undo the scaling symbolically.
 
 Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
 that runs ahead; scoring, refinement and search in a few jitted calls (selection.py,
