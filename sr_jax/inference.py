@@ -471,12 +471,26 @@ class _Entry(NamedTuple):
   view: str
 
 
-def _frame(i: int, view: str, num_datasets: int) -> int:
-  """Where dataset i's points in `view` are in _rank_refine_select's lists."""
-  return VIEWS.index(view) * num_datasets + i
+class _Frames(NamedTuple):
+  """Every dataset's scoring points in each view candidates are scored in: the decoding
+  views, then "raw" (the search, tidying and the user read the features as given).
+  Only those views are laid out: each frame is padded and uploaded to score."""
+  views: tuple[str, ...]
+  xs: list[np.ndarray]
+  ys: list[np.ndarray]
+
+  @classmethod
+  def of(cls, prepared: list[_Prepared], views: Sequence[str]) -> "_Frames":
+    views = tuple(dict.fromkeys((*views, "raw")))
+    return cls(views, [p.in_view(view, p.score_rows) for view in views for p in prepared],
+               [p.y[p.score_rows] for p in prepared] * len(views))
+
+  def at(self, i: int, view: str) -> int:
+    """Where dataset i's points in `view` are in xs and ys."""
+    return self.views.index(view) * (len(self.xs) // len(self.views)) + i
 
 
-def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys: list,
+def _refined_scores(refined: refine.RefineResult, to_refine: list, frames: _Frames,
                     config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
   """MSE and R2 of the refined candidates on their scoring points, as selection.score
   computes them. In float64, a dataset that fits within the refinement's max_points was
@@ -486,10 +500,10 @@ def _refined_scores(refined: refine.RefineResult, to_refine: list, xs: list, ys:
   mse = np.where(np.isfinite(refined.loss), refined.loss, np.inf)
   r2 = np.where(np.isfinite(mse), refined.r2, -np.inf)
   rescore = [k for k, (i, _) in enumerate(to_refine)
-             if not config.float64 or len(ys[i]) > config.refine.max_points]
+             if not config.float64 or len(frames.ys[i]) > config.refine.max_points]
   if rescore:
     scores = selection.score([refined.prefixes[k] for k in rescore],
-                             [to_refine[k][0] for k in rescore], xs, ys)
+                             [to_refine[k][0] for k in rescore], frames.xs, frames.ys)
     mse[rescore], r2[rescore] = scores.mse, scores.r2
   return mse, r2
 
@@ -499,15 +513,13 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                         before_search: Callable[[], None] | None = None):
   """Per dataset: (ranked Candidates, their Pareto front, number of skeleton
   duplicates)."""
-  # The scoring points in every view (_frame says where).
   n = len(prepared)
-  xs = [p.in_view(view, p.score_rows) for view in VIEWS for p in prepared]
-  ys = [p.y[p.score_rows] for p in prepared] * len(VIEWS)
-  # The search, tidying and the user read the features as given.
-  raw_xs = [xs[_frame(i, "raw", n)] for i in range(n)]
+  frames = _Frames.of(prepared, config.views)
+  raw_xs = [frames.xs[frames.at(i, "raw")] for i in range(n)]
+  raw_ys = [frames.ys[frames.at(i, "raw")] for i in range(n)]
   flat = [(i, prefix, view) for i, cs in enumerate(candidates) for prefix, view in cs]
-  scores = selection.score([c for _, c, _ in flat], [_frame(i, v, n) for i, _, v in flat],
-                           xs, ys)
+  scores = selection.score([c for _, c, _ in flat], [frames.at(i, v) for i, _, v in flat],
+                           frames.xs, frames.ys)
   pools: list[list[_Entry]] = [[] for _ in prepared]  # the constant fallback last
   for k, ((i, prefix, view), mse, r2) in enumerate(zip(flat, scores.mse, scores.r2)):
     last = k + 1 == len(flat) or flat[k + 1][0] != i
@@ -526,7 +538,7 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
   clock.lap("rank")
 
   if to_refine and not clock.expired():
-    _refine_into(pools, to_refine, xs, ys, config)
+    _refine_into(pools, to_refine, frames, config)
   elif to_refine:
     for p in prepared:
       p.notes.append("time budget reached: constants not refined")
@@ -539,13 +551,13 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     if before_search is not None:
       before_search()
       clock.lap(None)  # waiting for the decoder is not a stage of this thread
-    _search_into(pools, prepared, xs, ys, config, clock)
+    _search_into(pools, prepared, frames, config, clock)
   clock.lap("search")
 
   pools = [[entry._replace(prefix=unscale(entry.prefix, *p.views[entry.view]), view="raw")
             for entry in pool] for pool, p in zip(pools, prepared)]
   if config.tidy is not None and not clock.expired():
-    _tidy_fronts(pools, raw_xs, ys[:n], config.tidy)
+    _tidy_fronts(pools, raw_xs, raw_ys, config.tidy)
   clock.lap("tidy")
 
   nearby = _finite_nearby(pools, prepared, config)
@@ -585,33 +597,34 @@ def _simplified(best: Candidate, x: np.ndarray) -> Candidate:
 _SIMPLIFY_POINTS = 128
 
 
-def _refine_into(pools: list[list[_Entry]], to_refine: list[tuple[int, _Entry]], xs, ys,
-                 config: InferenceConfig) -> None:
+def _refine_into(pools: list[list[_Entry]], to_refine: list[tuple[int, _Entry]],
+                 frames: _Frames, config: InferenceConfig) -> None:
   """Refines (dataset, entry) candidates on their refinement points (the first
-  refine.max_points of the scoring subset, in the entry's view: xs[_frame(...)]) and
-  adds them to their pools."""
-  at = [_frame(i, entry.view, len(pools)) for i, entry in to_refine]
+  refine.max_points of the scoring subset, in the entry's view) and adds them to their
+  pools."""
+  at = [frames.at(i, entry.view) for i, entry in to_refine]
   refined = refine.refine([entry.prefix for _, entry in to_refine],
-                          [xs[k][:config.refine.max_points] for k in at],
-                          [ys[k][:config.refine.max_points] for k in at], config.refine)
+                          [frames.xs[k][:config.refine.max_points] for k in at],
+                          [frames.ys[k][:config.refine.max_points] for k in at],
+                          config.refine)
   entries = [(k, entry.prefix) for k, (_, entry) in zip(at, to_refine)]
   for (i, entry), prefix, mse, r2 in zip(
-      to_refine, refined.prefixes, *_refined_scores(refined, entries, xs, ys, config)):
+      to_refine, refined.prefixes, *_refined_scores(refined, entries, frames, config)):
     pools[i].append(_Entry(prefix, True, mse, r2, entry.source, entry.view))
 
 
-def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], xs, ys,
+def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames: _Frames,
                  config: InferenceConfig, clock: _Clock) -> None:
   """Evolves every dataset's formulas (seeded with its pool, best first) and adds the
   search's Pareto front and best formula, refined like the model's, to the pool. The
   search reads the features as given (search.py says why), so its formulas join the
-  pool in the raw view. xs and ys: _refine_into's."""
+  pool in the raw view."""
   n = len(prepared)
   seeds = [[unscale(c.prefix, *p.views[c.view])
             for c in sorted(pool, key=lambda c: c.mse) if np.isfinite(c.mse)]
            for pool, p in zip(pools, prepared)]
-  raw = [_frame(i, "raw", n) for i in range(n)]
-  results = search.run(seeds, [xs[k] for k in raw], [ys[k] for k in raw],
+  raw = [frames.at(i, "raw") for i in range(n)]
+  results = search.run(seeds, [frames.xs[k] for k in raw], [frames.ys[k] for k in raw],
                        [p.stream for p in prepared], config.search,
                        config.search_time * len(prepared), clock.deadline)
   found = []
@@ -622,7 +635,7 @@ def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], xs, ys,
     found += [(i, _Entry(list(prefix), False, np.inf, -np.inf, "search", "raw"))
               for prefix in dict.fromkeys(f.prefix for f in result.front + best)]
   if found:
-    _refine_into(pools, found, xs, ys, config)
+    _refine_into(pools, found, frames, config)
 
 
 def _finite_nearby(pools: list[list[_Entry]], prepared: list[_Prepared],

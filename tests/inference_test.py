@@ -136,6 +136,33 @@ def test_a_mirrored_formula_is_unscaled_with_its_signs():
   np.testing.assert_allclose(result.predict(x), y, rtol=1e-9)
 
 
+def test_candidates_are_scored_only_in_the_views_decoded_and_raw(monkeypatch):
+  """The scoring frames of one decoded view are that view's and the raw X of each
+  dataset (the search and tidying read raw X): no frame is padded and uploaded for a
+  view nobody decoded in."""
+  rng = np.random.default_rng(3)
+  datasets = [(rng.uniform(1, 5, size=(n, 2)), rng.normal(size=n)) for n in (60, 90)]
+  laid_out, score = [], selection.score
+
+  def recording_score(prefixes, frame_of, xs, ys, **kwargs):
+    laid_out.append(xs)
+    return score(prefixes, frame_of, xs, ys, **kwargs)
+  monkeypatch.setattr(selection, "score", recording_score)
+  propose = lambda bags: [[["mul", 1.0, "x_0"]] for _ in bags]
+  config = inference.InferenceConfig(views=("mirrored",), tidy=None)
+  inference.run(None, datasets, config, propose=propose)
+  xs = laid_out[0]
+  assert len(xs) == 4
+  for k, view in enumerate(("mirrored", "raw")):
+    for i, (x, _) in enumerate(datasets):
+      centre, scale = _view(x, view)
+      u = xs[k * 2 + i]
+      rows = [np.flatnonzero(np.isclose(x[:, 0], value))[0] for value in u[:, 0] * scale[0]
+              + centre[0]]
+      np.testing.assert_allclose(u, (x[rows] - centre) / scale, rtol=1e-10)
+      assert len(rows) == len(x)
+
+
 def test_adding_a_view_only_adds_candidates(monkeypatch):
   """A bag's samples in a view do not depend on the other views decoded: the
   standardised view decodes the same candidates alone and beside the scaled one."""
@@ -315,7 +342,8 @@ def test_refined_scores_equal_rescoring():
     refined = refine.refine([c for _, c in to_refine],
                             [xs[i][:100] for i, _ in to_refine],
                             [ys[i][:100] for i, _ in to_refine], config.refine)
-    mse, r2 = inference._refined_scores(refined, to_refine, xs, ys, config)
+    frames = inference._Frames(("raw",), xs, ys)
+    mse, r2 = inference._refined_scores(refined, to_refine, frames, config)
     rescored = selection.score(refined.prefixes, [i for i, _ in to_refine], xs, ys)
   np.testing.assert_allclose(mse, rescored.mse, rtol=1e-12)
   np.testing.assert_allclose(r2, rescored.r2, rtol=1e-12)
