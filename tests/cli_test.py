@@ -126,7 +126,8 @@ def test_training_console_is_quiet_and_the_log_file_complete(tmp_path):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_eval_passes_the_temperature_and_views_and_refuses_zero_temperature(tmp_path, monkeypatch):
+def test_eval_passes_the_temperature_views_and_screening_and_refuses_zero_temperature(
+    tmp_path, monkeypatch):
   seen = []
 
   class Stop(Exception):
@@ -146,10 +147,12 @@ def test_eval_passes_the_temperature_and_views_and_refuses_zero_temperature(tmp_
   assert seen[0].temperature == 1.3
   # Views: the library's default unless named.
   assert seen[0].views == inference.InferenceConfig().views
-  with flagsaver.flagsaver(views=["scaled"], suite=["strogatz"], outdir=str(tmp_path)):
+  assert seen[0].screen_points == inference.InferenceConfig().screen_points > 0
+  with flagsaver.flagsaver(views=["scaled"], screen_points=0, suite=["strogatz"],
+                           outdir=str(tmp_path)):
     with pytest.raises(Stop):
       evaluate.main([])
-  assert seen[1].views == ("scaled",)
+  assert seen[1].views == ("scaled",) and seen[1].screen_points == 0
   done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--temperature", "0"],
                         capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "--temperature must be > 0" in done.stderr

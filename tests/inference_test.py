@@ -163,6 +163,34 @@ def test_candidates_are_scored_only_in_the_views_decoded_and_raw(monkeypatch):
       assert len(rows) == len(x)
 
 
+def test_screening_ranks_the_best_per_view_on_all_points():
+  """On 3,000 points, 31 distinct proposals are screened on 500: the best 4 go on, and
+  every candidate reported is scored on all 3,000 (numpy's MSE of its prediction). The
+  truth is found as without screening."""
+  rng = np.random.default_rng(8)
+  x = rng.uniform(-2, 2, size=(3_000, 1))
+  y = 1.5 * np.sin(x[:, 0]) + 0.3 * x[:, 0] + 0.01 * rng.normal(size=3_000)
+  unary = ("abs", "exp", "cos", "tan", "arctan", "pow2", "pow3", "inv", "sqrt", "log")
+  proposals = [[outer, 0.7, inner, "x_0"] for outer in ("add", "mul", "sub")
+               for inner in unary]  # 30 skeletons, all wrong
+  proposals.append(["add", "mul", 1.2, "sin", "x_0", "mul", 0.5, "x_0"])  # the truth's
+  propose = lambda bags: [proposals for _ in bags]
+  base = dict(views=("raw",), max_bags=1, num_refine=2, tidy=None, simplify=False)
+  screened = inference.run(None, [(x, y)], inference.InferenceConfig(
+      screen_points=500, screen_keep=4, **base), propose=propose).results[0]
+  unscreened = inference.run(None, [(x, y)], inference.InferenceConfig(
+      screen_points=0, **base), propose=propose).results[0]
+  for k, c in enumerate(screened.candidates):
+    mse = np.mean((screened.predict(x, k) - y) ** 2)
+    assert c.mse == pytest.approx(mse, rel=1e-9), c
+  unrefined = [c for c in screened.candidates if c.source == "model" and not c.refined]
+  assert len(unrefined) == 4
+  assert len([c for c in unscreened.candidates if c.source == "model" and not c.refined]) > 20
+  assert any("screened on a random 500 points" in note for note in screened.notes)
+  assert screened.best.r2 > 0.999
+  np.testing.assert_allclose(screened.predict(x), unscreened.predict(x), rtol=1e-9)
+
+
 def test_adding_a_view_only_adds_candidates(monkeypatch):
   """A bag's samples in a view do not depend on the other views decoded: the
   standardised view decodes the same candidates alone and beside the scaled one."""

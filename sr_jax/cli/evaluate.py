@@ -37,6 +37,10 @@ _REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset 
 _BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
 _VIEWS = flags.DEFINE_list("views", list(inference.InferenceConfig.views),
                            f"Views of X every bag is decoded in, from {inference.VIEWS}.")
+_SCREEN = flags.DEFINE_integer(
+    "screen_points", inference.InferenceConfig.screen_points,
+    "Candidates are screened on this many training points before the best are ranked "
+    "on all (0: every candidate on all points, as E2E).")
 _SEARCH_TIME = flags.DEFINE_float("search_time", 2.0,
                                   "Seconds of evolutionary search per dataset (0: off).")
 _SYMBOLIC = flags.DEFINE_list("symbolic_suites", ["feynman", "feynman_bonus", "strogatz"],
@@ -83,6 +87,7 @@ def main(argv):
                                           temperature=_TEMPERATURE.value,
                                           num_refine=_REFINE.value, max_bags=_BAGS.value,
                                           views=tuple(_VIEWS.value),
+                                          screen_points=_SCREEN.value,
                                           search_time=_SEARCH_TIME.value))
   rows = suite_runner.run(model, problems, _OUTDIR.value, config)
   paths = report.write(rows, _OUTDIR.value, f"sr_jax on {', '.join(_SUITE.value)}")
