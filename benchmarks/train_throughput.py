@@ -9,7 +9,11 @@ Runs train.py's jitted step on `--steps` consecutive batches of the training str
 (step 0 onwards, generated in this process as train.py does with num_workers=0), at
 E2E's 10,000 points per batch unless --points_per_batch says otherwise. A step whose
 batch shape is new compiles; it is timed separately (compile column) and left out of
-the steady rates. MFU is given on the FLOPs computed (padded shapes) and on the real
+the steady step time. The input pipeline makes a pool of several steps' batches at
+once (data.py), often on a step that compiles, so its time is counted for every step:
+examples/s = 1 / (data seconds per example over all steps + step seconds per example
+over the steady steps); the data column is its share. Tokens/s and MFU are the
+steady steps' own. MFU is given on the FLOPs computed (padded shapes) and on the real
 points and tokens only (flops.py; the CPU peak is the one in flops.PEAK_FLOPS).
 
 Variants: `default` is the config as shipped (length-grouped targets, grammar-factored
@@ -57,14 +61,18 @@ def measure(size: str, variant: str, points_per_batch: int, steps: int,
   batches = data.make_iterator(cfg.data, 0)
   shapes, compile_seconds = set(), 0.0
   seconds = examples = tokens = padded_flops = real_flops = 0.0
+  data_seconds = all_examples = 0.0
   timed = 0
   with jax.set_mesh(mesh):
     for _ in range(steps):
       start = time.time()
       batch = next(batches)
+      made = time.time()
       state, metrics = train(state, training.to_global(batch, batch_shardings))
       jax.block_until_ready(metrics)
-      elapsed = time.time() - start
+      elapsed = time.time() - made
+      data_seconds += made - start
+      all_examples += float(batch["example_mask_B"].sum())
       shape = (batch["points_BxNx33"].shape, batch["targets_BxL"].shape)
       if shape not in shapes:
         shapes.add(shape)
@@ -78,9 +86,13 @@ def measure(size: str, variant: str, points_per_batch: int, steps: int,
       padded_flops, real_flops = padded_flops + padded, real_flops + real
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
   num_params = model.count_params(nnx.merge(graphdef, state)[0])
+  data_per_example = data_seconds / max(all_examples, 1)
+  step_per_example = seconds / max(examples, 1)
   return dict(size=size, variant=variant, params_m=num_params / 1e6, timed=timed,
               shapes=len(shapes), compile_s=compile_seconds,
-              step_s=seconds / max(timed, 1), examples_s=examples / max(seconds, 1e-9),
+              step_s=seconds / max(timed, 1),
+              examples_s=1 / max(data_per_example + step_per_example, 1e-12),
+              data_share=data_per_example / max(data_per_example + step_per_example, 1e-12),
               tokens_s=tokens / max(seconds, 1e-9),
               mfu=flops.mfu(padded_flops, seconds, jax.device_count(), peak),
               mfu_real=flops.mfu(real_flops, seconds, jax.device_count(), peak))
@@ -101,12 +113,14 @@ def main():
         f"{args.points_per_batch} points per batch, steps 0..{args.steps - 1} of the stream"
         + (f", overrides {overrides}" if overrides else ""))
   print(f"{'size':>6} {'variant':>8} {'params':>7} {'timed':>5} {'shapes':>6} {'compile s':>9} "
-        f"{'step s':>7} {'ex/s':>7} {'tok/s':>7} {'MFU':>6} {'MFU real':>8} {'load':>5}")
+        f"{'step s':>7} {'data':>5} {'ex/s':>7} {'tok/s':>7} {'MFU':>6} {'MFU real':>8} "
+        f"{'load':>5}")
   for size in args.sizes.split(","):
     for variant in args.variant.split(","):
       r = measure(size, variant, args.points_per_batch, args.steps, overrides)
       print(f"{r['size']:>6} {r['variant']:>8} {r['params_m']:6.1f}M {r['timed']:5d} "
-            f"{r['shapes']:6d} {r['compile_s']:9.1f} {r['step_s']:7.2f} {r['examples_s']:7.1f} "
+            f"{r['shapes']:6d} {r['compile_s']:9.1f} {r['step_s']:7.2f} {r['data_share']:5.0%} "
+            f"{r['examples_s']:7.1f} "
             f"{r['tokens_s']:7.0f} {r['mfu']:6.1%} {r['mfu_real']:8.1%} "
             f"{os.getloadavg()[0]:5.1f}", flush=True)
 
