@@ -189,6 +189,9 @@ def test_screening_ranks_the_best_per_view_on_all_points():
   assert any("screened on a random 500 points" in note for note in screened.notes)
   assert screened.best.r2 > 0.999
   np.testing.assert_allclose(screened.predict(x), unscreened.predict(x), rtol=1e-9)
+  for bad in (dict(screen_keep=0), dict(screen_points=-1)):
+    with pytest.raises(ValueError, match="sizes must be positive"):
+      inference.InferenceConfig(**bad)
 
 
 def test_adding_a_view_only_adds_candidates(monkeypatch):
