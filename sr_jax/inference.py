@@ -312,9 +312,6 @@ def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
   if len(y) > config.max_score_points:
     notes.append(f"{len(y)} points: candidates were ranked on a random "
                  f"{config.max_score_points} of them")
-  if min(len(y), config.max_score_points) > config.screen_points > 0:
-    notes.append(f"candidates were screened on a random {config.screen_points} points: "
-                 f"the best {config.screen_keep} per view were ranked on all")
   return _Prepared(x, y, features, _view_transforms(x), bags,
                    order[:config.max_score_points], stream, notes)
 
@@ -506,6 +503,12 @@ class _Frames(NamedTuple):
     """Where dataset i's points in `view` are in xs and ys."""
     return self.views.index(view) * (len(self.xs) // len(self.views)) + i
 
+  def of_view(self, view: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every dataset's points in `view`: (xs, ys), dataset by dataset."""
+    begin = self.at(0, view)
+    end = begin + len(self.xs) // len(self.views)
+    return self.xs[begin:end], self.ys[begin:end]
+
 
 def _refined_scores(refined: refine.RefineResult, to_refine: list, frames: _Frames,
                     config: InferenceConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -530,10 +533,8 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                         before_search: Callable[[], None] | None = None):
   """Per dataset: (ranked Candidates, their Pareto front, number of skeleton
   duplicates)."""
-  n = len(prepared)
   frames = _Frames.of(prepared, config.views)
-  raw_xs = [frames.xs[frames.at(i, "raw")] for i in range(n)]
-  raw_ys = [frames.ys[frames.at(i, "raw")] for i in range(n)]
+  raw_xs, raw_ys = frames.of_view("raw")
   flat = [(i, prefix, view) for i, cs in enumerate(candidates) for prefix, view in cs]
   screen = frames.first(config.screen_points)
   scores = selection.score([c for _, c, _ in flat], [frames.at(i, v) for i, _, v in flat],
@@ -551,6 +552,9 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     if len(screen.ys[i]) < len(frames.ys[i]):
       kept = _best_per_view(pool, kept, config.screen_keep)
       screened.append(i)
+      prepared[i].notes.append(
+          f"candidates were screened on a random {config.screen_points} points: the "
+          f"best {config.screen_keep} per view were ranked on all")
     pools[i] = [pool[j] for j in kept]
   if screened:
     _rescore_on_all(pools, screened, frames)
@@ -669,14 +673,11 @@ def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames: _
   search's Pareto front and best formula, refined like the model's, to the pool. The
   search reads the features as given (search.py says why), so its formulas join the
   pool in the raw view."""
-  n = len(prepared)
   seeds = [[unscale(c.prefix, *p.views[c.view])
             for c in sorted(pool, key=lambda c: c.mse) if np.isfinite(c.mse)]
            for pool, p in zip(pools, prepared)]
-  raw = [frames.at(i, "raw") for i in range(n)]
-  results = search.run(seeds, [frames.xs[k] for k in raw], [frames.ys[k] for k in raw],
-                       [p.stream for p in prepared], config.search,
-                       config.search_time * len(prepared), clock.deadline)
+  results = search.run(seeds, *frames.of_view("raw"), [p.stream for p in prepared],
+                       config.search, config.search_time * len(prepared), clock.deadline)
   found = []
   for i, (result, p) in enumerate(zip(results, prepared)):
     p.notes.append(f"search: {result.generations} generations, {result.evaluated} "
