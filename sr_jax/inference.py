@@ -3,7 +3,8 @@
 For every dataset: keep at most 10 features (the most correlated with y, as E2E's
 wrapper does), split the rows into bags of <= 200 points, show each bag to the model in
 each of the `views` (X standardised, as E2E; divided by its root mean square; as
-given; or standardised with the signs flipped), decode candidates for every bag
+given; standardised with the signs flipped, or with the features in reverse order; or
+standardised with y negated), decode candidates for every bag
 (greedy plus C samples or a beam), parse them (invalid ones dropped and counted),
 score them on the training points in their view's coordinates, keep the best of each
 skeleton, refine the constants of the top K per view, optionally evolve the pool for
@@ -67,8 +68,10 @@ STAGES = ("prepare", "decode", "parse", "rank", "refine", "search", "tidy", "sim
 # unit variance), scaled (divided by its root mean square, not centred, so a law's
 # products and ratios of features stay products and ratios), raw (as given), or
 # mirrored (standardised with every sign flipped: the same training-like inputs seen
-# from the other side, so the model writes other formulas for them).
-VIEWS = ("standardised", "scaled", "raw", "mirrored")
+# from the other side, so the model writes other formulas for them), reversed
+# (standardised with the features in reverse order: x_0 is the last feature), or
+# negated (standardised X shown with -y: the model's formula g is read as -g).
+VIEWS = ("standardised", "scaled", "raw", "mirrored", "reversed", "negated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +95,17 @@ class InferenceConfig:
   # (standardised alone) to 29% (scaled alone) and 28% (both); the standardised view
   # stays for features far from 0 relative to their spread. Mirrored: a third look
   # at a bag; on 600 in-domain problems (one bag each) it took R2 > 0.99 from 29.5% to
-  # 32.2%, 16 problems won and none lost (BENCHMARKS.md).
+  # 32.2%, 16 problems won and none lost (BENCHMARKS.md). Reversed and negated are
+  # further looks, not in the default for their cost: with both, 600 in-domain
+  # problems went from 32.8% to 36.5% (23 won, 1 lost) and 100 Feynman from 29% to 31%,
+  # for 1.55x (in-domain) and 1.6x (Feynman) the seconds per task; fewer samples in more
+  # views at the default's cost gave no gain (BENCHMARKS.md).
   views: tuple[str, ...] = ("standardised", "scaled", "mirrored")
-  decode_batch: int = 32  # bags per decoding call (a fixed shape: one compile)
+  # Bags per decoding call (a fixed shape: one compile). A call runs until its longest
+  # candidate ends, so on a CPU small calls waste less: 8 instead of 32 cut the decode
+  # stage 13% on 100 Feynman problems and 7.5% on 600 in-domain ones, same formulas
+  # (BENCHMARKS.md). An accelerator wants more rows per call (eval.py --decode_batch).
+  decode_batch: int = 8
   num_refine: int = 10  # K: top distinct skeletons refined per dataset and view
   refine: refine.RefineConfig = refine.RefineConfig()
   max_score_points: int = 10_000  # training points used to rank candidates
@@ -258,33 +269,51 @@ def dataset_stream(x: np.ndarray, y: np.ndarray, seed: int) -> int:
   return int.from_bytes(digest.digest(), "little") ^ (seed & 0xFFFFFFFFFFFFFFFF)
 
 
+class _View(NamedTuple):
+  """A view's coordinates, per view column k: the kept feature it shows (columns[k]),
+  shifted by centre[k] and divided by scale[k]; y is shown times y_sign, so a formula
+  the model writes there is one for y_sign * y."""
+  centre: np.ndarray
+  scale: np.ndarray
+  columns: np.ndarray
+  y_sign: float = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
   x_kept: np.ndarray  # the kept features as given (the search reads them)
   y: np.ndarray
   features: np.ndarray
-  views: dict[str, tuple[np.ndarray, np.ndarray]]  # per view: (centre, scale) per feature
+  views: dict[str, _View]
   bags: list[np.ndarray]  # row indices
   score_rows: np.ndarray  # a seeded random subset of <= max_score_points rows
   stream: int  # dataset_stream
   notes: list[str]
 
   def in_view(self, view: str, rows: np.ndarray) -> np.ndarray:
-    """The kept features of `rows` in a view's coordinates: (x - centre) / scale."""
-    centre, scale = self.views[view]
-    return (self.x_kept[rows] - centre) / scale
+    """The kept features of `rows` in a view's coordinates: view column k is
+    (x[:, columns[k]] - centre[k]) / scale[k]."""
+    v = self.views[view]
+    return (self.x_kept[rows][:, v.columns] - v.centre) / v.scale
+
+  def to_raw(self, prefix: expressions.Prefix, view: str) -> list:
+    """A formula on a view's coordinates rewritten on the kept features as given."""
+    v = self.views[view]
+    return unscale(prefix, v.centre, v.scale, v.columns)
 
 
-def _view_transforms(x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """(centre, scale) per feature of each view. A scale of 0 (a constant or an all-zero
-  column) becomes 1."""
-  zeros, mean = np.zeros(x.shape[1]), x.mean(0)
+def _view_transforms(x: np.ndarray) -> dict[str, _View]:
+  """Each view's coordinates. A scale of 0 (a constant or an all-zero column) becomes 1."""
+  order, zeros, mean = np.arange(x.shape[1]), np.zeros(x.shape[1]), x.mean(0)
   std, rms = x.std(0), np.sqrt(np.mean(np.square(x), axis=0))
   std = np.where(std == 0, 1.0, std)
-  return {"standardised": (mean, std),
-          "scaled": (zeros, np.where(rms == 0, 1.0, rms)),
-          "raw": (zeros, zeros + 1),
-          "mirrored": (mean, -std)}
+  backwards = order[::-1]
+  return {"standardised": _View(mean, std, order),
+          "scaled": _View(zeros, np.where(rms == 0, 1.0, rms), order),
+          "raw": _View(zeros, zeros + 1, order),
+          "mirrored": _View(mean, -std, order),
+          "reversed": _View(mean[backwards], std[backwards], backwards),
+          "negated": _View(mean, std, order, -1.0)}
 
 
 def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
@@ -316,11 +345,13 @@ def _prepare(x, y, index: int, config: InferenceConfig) -> _Prepared:
                    order[:config.max_score_points], stream, notes)
 
 
-def unscale(prefix: expressions.Prefix, centre: np.ndarray, scale: np.ndarray) -> list:
+def unscale(prefix: expressions.Prefix, centre: np.ndarray, scale: np.ndarray,
+            columns: np.ndarray | None = None) -> list:
   """The formula on raw features, from one on features in a view's coordinates: x_k
-  becomes (x_k - centre_k) / scale_k, written add(-centre_k/scale_k, mul(1/scale_k,
-  x_k)) as E2E does, without the add where the centre is 0 and the mul where the scale
-  is 1. A variable beyond the data's features raises ExpressionError."""
+  becomes (x_c - centre_k) / scale_k with c = columns[k] (default k), written
+  add(-centre_k/scale_k, mul(1/scale_k, x_c)) as E2E does, without the add where the
+  centre is 0 and the mul where the scale is 1. A variable beyond the data's features
+  raises ExpressionError."""
   out = []
   for token in prefix:
     k = operators.variable_index(token) if isinstance(token, str) else None
@@ -334,7 +365,7 @@ def unscale(prefix: expressions.Prefix, centre: np.ndarray, scale: np.ndarray) -
       out += ["add", float(-centre[k] / scale[k])]
     if scale[k] != 1:
       out += ["mul", float(1.0 / scale[k])]
-    out.append(token)
+    out.append(token if columns is None else f"x_{int(columns[k])}")
   return out
 
 
@@ -383,17 +414,19 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   (the stages overlap; on a 2-core CPU that saved 30% of the wall time). The search,
   whose budget is wall clock, starts only once every bag is decoded.
   `propose(bags) -> list of candidate lists` replaces the model's decoding, where
-  `bags` is a list of (dataset index, X in the bag's view, y, the view's name); it
-  exists so the rest of the pipeline can be tested with known candidates. `progress(datasets_done)` is called
-  after each group of datasets. Raises ValueError on bad input, naming the dataset.
+  `bags` is a list of (dataset index, X in the bag's view, y as the view shows it, the
+  view's name); it exists so the rest of the pipeline can be tested with known
+  candidates. `progress(datasets_done)` is called after each group of datasets.
+  Raises ValueError on bad input, naming the dataset.
   """
   if model is None and propose is None:
     raise ValueError("run needs a model (or a `propose` function)")
   clock = _Clock(config.max_time)
   prepared = [_prepare(x, y, i, config) for i, (x, y) in enumerate(datasets)]
-  # (dataset index, X in the bag's view, y, the bag's own sampling key: its dataset's
-  # stream, its number and its view, the view).
-  bags = [(i, p.in_view(view, rows), p.y[rows], (p.stream, j, VIEWS.index(view)), view)
+  # (dataset index, X in the bag's view, y as the view shows it, the bag's own sampling
+  # key: its dataset's stream, its number and its view, the view).
+  bags = [(i, p.in_view(view, rows), p.views[view].y_sign * p.y[rows],
+           (p.stream, j, VIEWS.index(view)), view)
           for i, p in enumerate(prepared) for j, rows in enumerate(p.bags)
           for view in config.views]
   first_bag = np.cumsum([0] + [len(p.bags) * len(config.views) for p in prepared])
@@ -447,6 +480,8 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[tuple[int, str]],
       used = expressions.variables_used(prefix) if prefix is not None else ()
       if prefix is None or (used and max(used) >= prepared[i].x_kept.shape[1]):
         num_invalid[i] += 1
+      elif prepared[i].views[view].y_sign < 0:  # a formula for -y
+        candidates[i].append((["mul", -1.0, *prefix], view))
       else:
         candidates[i].append((list(prefix), view))
   for i, p in enumerate(prepared):
@@ -583,7 +618,7 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     _search_into(pools, prepared, frames, config, clock)
   clock.lap("search")
 
-  pools = [[entry._replace(prefix=unscale(entry.prefix, *p.views[entry.view]), view="raw")
+  pools = [[entry._replace(prefix=p.to_raw(entry.prefix, entry.view), view="raw")
             for entry in pool] for pool, p in zip(pools, prepared)]
   if config.tidy is not None and not clock.expired():
     _tidy_fronts(pools, raw_xs, raw_ys, config.tidy)
@@ -673,7 +708,7 @@ def _search_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames: _
   search's Pareto front and best formula, refined like the model's, to the pool. The
   search reads the features as given (search.py says why), so its formulas join the
   pool in the raw view."""
-  seeds = [[unscale(c.prefix, *p.views[c.view])
+  seeds = [[p.to_raw(c.prefix, c.view)
             for c in sorted(pool, key=lambda c: c.mse) if np.isfinite(c.mse)]
            for pool, p in zip(pools, prepared)]
   results = search.run(seeds, *frames.of_view("raw"), [p.stream for p in prepared],

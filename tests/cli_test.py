@@ -126,7 +126,7 @@ def test_training_console_is_quiet_and_the_log_file_complete(tmp_path):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_eval_passes_the_temperature_views_and_screening_and_refuses_zero_temperature(
+def test_eval_passes_its_decoding_and_screening_flags_and_refuses_zero_temperature(
     tmp_path, monkeypatch):
   seen = []
 
@@ -148,11 +148,13 @@ def test_eval_passes_the_temperature_views_and_screening_and_refuses_zero_temper
   # Views: the library's default unless named.
   assert seen[0].views == inference.InferenceConfig().views
   assert seen[0].screen_points == inference.InferenceConfig().screen_points > 0
-  with flagsaver.flagsaver(views=["scaled"], screen_points=0, suite=["strogatz"],
-                           outdir=str(tmp_path)):
+  assert seen[0].decode_batch == inference.InferenceConfig().decode_batch
+  with flagsaver.flagsaver(views=["scaled", "reversed"], screen_points=0, decode_batch=4,
+                           suite=["strogatz"], outdir=str(tmp_path)):
     with pytest.raises(Stop):
       evaluate.main([])
-  assert seen[1].views == ("scaled",) and seen[1].screen_points == 0
+  assert seen[1].views == ("scaled", "reversed") and seen[1].screen_points == 0
+  assert seen[1].decode_batch == 4
   done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--temperature", "0"],
                         capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "--temperature must be > 0" in done.stderr

@@ -21,12 +21,16 @@ def _perturb(prefix, rng):
 
 
 def _view(x, view):
-  """(centre, scale) per feature of a view, written out with numpy."""
-  zeros = np.zeros(x.shape[1])
-  return {"standardised": (x.mean(0), x.std(0)),
-          "scaled": (zeros, np.sqrt(np.mean(x ** 2, axis=0))),
-          "raw": (zeros, zeros + 1),
-          "mirrored": (x.mean(0), -x.std(0))}[view]
+  """(centre, scale, columns, y_sign) of a view, written out with numpy: view column k
+  shows (x[:, columns[k]] - centre[k]) / scale[k], and y is shown times y_sign."""
+  zeros, order = np.zeros(x.shape[1]), np.arange(x.shape[1])
+  backwards = order[::-1]
+  return {"standardised": (x.mean(0), x.std(0), order, 1),
+          "scaled": (zeros, np.sqrt(np.mean(x ** 2, axis=0)), order, 1),
+          "raw": (zeros, zeros + 1, order, 1),
+          "mirrored": (x.mean(0), -x.std(0), order, 1),
+          "reversed": (x.mean(0)[backwards], x.std(0)[backwards], backwards, 1),
+          "negated": (x.mean(0), x.std(0), order, -1)}[view]
 
 
 def _oracle_proposer(truths, datasets, seed=0):
@@ -38,8 +42,9 @@ def _oracle_proposer(truths, datasets, seed=0):
     out = []
     for i, u, _, view in bags:
       x = datasets[i][0]
-      centre, scale = _view(x, view)
-      true_u = standardised(truths[i], centre, scale)
+      centre, scale, columns, y_sign = _view(x, view)
+      true_u = standardised(truths[i], centre, scale, columns)
+      true_u = true_u if y_sign > 0 else ["mul", -1.0, *true_u]  # a formula for -y
       out.append([_perturb(true_u, rng), None, ["x_0"], ["mul", 2.0, "x_0"]])
     return out
   return propose
@@ -75,8 +80,9 @@ def test_known_formulas_are_recovered_through_the_whole_pipeline():
 
 
 def test_every_bag_is_shown_in_every_view():
-  """Each bag of rows is shown in each view, X written (x - centre) / scale of the
-  view over the whole dataset."""
+  """Each bag of rows is shown in each view, view column k written (x[:, columns[k]] -
+  centre[k]) / scale[k] over the whole dataset (reversed: the features backwards), and
+  y as is or negated."""
   rng = np.random.default_rng(6)
   datasets = [(rng.uniform(1, 5, size=(n, 2)), rng.normal(size=n)) for n in (150, 900)]
   seen = []
@@ -91,12 +97,13 @@ def test_every_bag_is_shown_in_every_view():
   per_bag = len(config.views)
   for k, (i, u, y, view) in enumerate(seen):
     x, y_all = datasets[i]
-    centre, scale = _view(x, view)
-    rows = [np.flatnonzero(y_all == value)[0] for value in y]  # which rows the bag holds
-    np.testing.assert_allclose(u, (x[rows] - centre) / scale, rtol=1e-10, atol=1e-12)
-    np.testing.assert_array_equal(y, seen[k - k % per_bag][2])  # a bag's rows in each view
+    centre, scale, columns, y_sign = _view(x, view)
+    rows = [np.flatnonzero(y_all == y_sign * value)[0] for value in y]  # the bag's rows
+    np.testing.assert_allclose(u, (x[rows][:, columns] - centre) / scale, rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_array_equal(y_sign * y, seen[k - k % per_bag][2])  # the same rows
   assert len(seen[per_bag][2]) == 200
-  assert len({tuple(b[2]) for b in seen[per_bag:]}) == 4
+  assert len({tuple(b[2]) for b in seen[per_bag:] if b[3] != "negated"}) == 4
   assert [r.num_decoded for r in output.results] == [0, 0]
   with pytest.raises(ValueError, match="views must be distinct"):
     inference.InferenceConfig(views=("raw", "raw"))
@@ -136,6 +143,51 @@ def test_a_mirrored_formula_is_unscaled_with_its_signs():
   np.testing.assert_allclose(result.predict(x), y, rtol=1e-9)
 
 
+def test_a_reversed_formula_reads_the_features_backwards():
+  """y = z_0 - 3 z_1 ** 2 on three features (z standardised): in the reversed view, where
+  x_0 shows the last feature, the constant-free x_2 - 3 x_1 ** 2 is wrong, and the
+  formula that reads z_0 as x_2 and z_1 as x_1 is exact; unscaled, it predicts y from
+  the raw X. A law of the last feature alone becomes one of x_0."""
+  rng = np.random.default_rng(4)
+  x = rng.uniform(-1, 3, size=(150, 3)) * [1.0, 2.0, 0.5]
+  z = (x - x.mean(0)) / x.std(0)
+  y = z[:, 0] - 3 * z[:, 1] ** 2
+  as_given = ["add", "x_0", "mul", -3.0, "pow2", "x_1"]
+  backwards = ["add", "x_2", "mul", -3.0, "pow2", "x_1"]
+  for formula, view, fits in ((as_given, "standardised", True), (as_given, "reversed", False),
+                              (backwards, "reversed", True), (backwards, "standardised", False)):
+    config = inference.InferenceConfig(views=(view,), num_refine=0, tidy=None,
+                                       selection="r2")
+    result = inference.run(None, [(x, y)], config,
+                           propose=lambda bags: [[formula] for _ in bags]).results[0]
+    assert (result.best.r2 > 1 - 1e-9) == fits, (formula, view)
+    if fits:
+      np.testing.assert_allclose(result.predict(x), y, rtol=1e-9, atol=1e-9)
+  last = inference.run(None, [(x, np.sin(z[:, 2]))],
+                       inference.InferenceConfig(views=("reversed",), tidy=None),
+                       propose=lambda bags: [[["sin", "x_0"]] for _ in bags]).results[0]
+  assert last.best.r2 > 1 - 1e-9
+
+
+def test_a_negated_formula_is_read_as_minus_itself():
+  """The negated view shows -y: exp(x_0) written there is y = -exp(z), exact with no
+  constant to refine, and predicts y from the raw X; in the standardised view it is
+  the wrong sign."""
+  x = np.linspace(-2, 7, 90)[:, None]
+  y = -np.exp((x[:, 0] - x.mean()) / x.std())
+  seen_y = []
+
+  def propose(bags):
+    seen_y.extend(b[2] for b in bags)
+    return [[["exp", "x_0"]] for _ in bags]
+  for view, fits in (("standardised", False), ("negated", True)):
+    config = inference.InferenceConfig(views=(view,), num_refine=0, selection="r2")
+    result = inference.run(None, [(x, y)], config, propose=propose).results[0]
+    assert (result.best.r2 > 1 - 1e-9) == fits
+  np.testing.assert_allclose(result.predict(x), y, rtol=1e-9)
+  np.testing.assert_array_equal(np.sort(seen_y[1]), np.sort(-y))
+
+
 def test_candidates_are_scored_only_in_the_views_decoded_and_raw(monkeypatch):
   """The scoring frames of one decoded view are that view's and the raw X of each
   dataset (the search and tidying read raw X): no frame is padded and uploaded for a
@@ -155,7 +207,7 @@ def test_candidates_are_scored_only_in_the_views_decoded_and_raw(monkeypatch):
   assert len(xs) == 4
   for k, view in enumerate(("mirrored", "raw")):
     for i, (x, _) in enumerate(datasets):
-      centre, scale = _view(x, view)
+      centre, scale, _, _ = _view(x, view)
       u = xs[k * 2 + i]
       rows = [np.flatnonzero(np.isclose(x[:, 0], value))[0] for value in u[:, 0] * scale[0]
               + centre[0]]
@@ -247,6 +299,12 @@ def test_scaling_round_trip_is_exact():
   assert inference.unscale(["sin", "x_0"], np.zeros(1), np.full(1, 0.5)) == [
       "sin", "mul", 2.0, "x_0"]
   assert inference.unscale(["sin", "x_0"], np.zeros(1), np.ones(1)) == ["sin", "x_0"]
+  # With a column order, view column k shows feature columns[k].
+  columns = np.array([1, 0])
+  backwards = inference.unscale(prefix, mean[columns], scale[columns], columns)
+  np.testing.assert_allclose(expressions.evaluate(backwards, x), expressions.evaluate(
+      prefix, (x[:, columns] - mean[columns]) / scale[columns]), rtol=1e-12)
+  assert inference.unscale(["x_0"], np.zeros(2), np.ones(2), columns) == ["x_1"]
 
 
 def test_more_than_ten_features_keeps_the_most_correlated():

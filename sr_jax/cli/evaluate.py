@@ -36,7 +36,10 @@ flags.register_validator("temperature", lambda t: t > 0,
 _REFINE = flags.DEFINE_integer("num_refine", 10, "Skeletons refined per dataset (K).")
 _BAGS = flags.DEFINE_integer("max_bags", 10, "Bags of 200 points per dataset.")
 _VIEWS = flags.DEFINE_list("views", list(inference.InferenceConfig.views),
-                           f"Views of X every bag is decoded in, from {inference.VIEWS}.")
+                           f"Views of the data every bag is decoded in, from {inference.VIEWS}.")
+_DECODE_BATCH = flags.DEFINE_integer(
+    "decode_batch", inference.InferenceConfig.decode_batch,
+    "Bags per decoding call: a call runs until its longest candidate ends.")
 _SCREEN = flags.DEFINE_integer(
     "screen_points", inference.InferenceConfig.screen_points,
     "Candidates are screened on this many training points before the best are ranked "
@@ -87,6 +90,7 @@ def main(argv):
                                           temperature=_TEMPERATURE.value,
                                           num_refine=_REFINE.value, max_bags=_BAGS.value,
                                           views=tuple(_VIEWS.value),
+                                          decode_batch=_DECODE_BATCH.value,
                                           screen_points=_SCREEN.value,
                                           search_time=_SEARCH_TIME.value))
   rows = suite_runner.run(model, problems, _OUTDIR.value, config)

@@ -41,8 +41,8 @@ def fit(argv: list[str]) -> int:
   parser.add_argument("--max_bags", type=int, default=3,
                       help="bags of 200 points read (the regressor's default)")
   parser.add_argument("--views", default=None,
-                      help="views of X the model reads, comma-separated, e.g. "
-                           "standardised,scaled (default: the regressor's)")
+                      help="views of the data the model reads, comma-separated, e.g. "
+                           "standardised,scaled,reversed (default: the regressor's)")
   parser.add_argument("--search_time", type=float, default=2.0,
                       help="seconds of evolutionary search (0: off)")
   parser.add_argument("--seed", type=int, default=0)
