@@ -296,6 +296,14 @@ class _Prepared:
     v = self.views[view]
     return (self.x_kept[rows][:, v.columns] - v.centre) / v.scale
 
+  def y_in_view(self, view: str, rows: np.ndarray) -> np.ndarray:
+    """y at `rows` as the view shows it to the model."""
+    return self.views[view].y_sign * self.y[rows]
+
+  def for_y(self, prefix: expressions.Prefix, view: str) -> list:
+    """A formula the model wrote in a view, as one for y itself (on the view's X)."""
+    return list(prefix) if self.views[view].y_sign > 0 else ["mul", -1.0, *prefix]
+
   def to_raw(self, prefix: expressions.Prefix, view: str) -> list:
     """A formula on a view's coordinates rewritten on the kept features as given."""
     v = self.views[view]
@@ -425,7 +433,7 @@ def run(model: Transformer | None, datasets: Sequence[tuple[np.ndarray, np.ndarr
   prepared = [_prepare(x, y, i, config) for i, (x, y) in enumerate(datasets)]
   # (dataset index, X in the bag's view, y as the view shows it, the bag's own sampling
   # key: its dataset's stream, its number and its view, the view).
-  bags = [(i, p.in_view(view, rows), p.views[view].y_sign * p.y[rows],
+  bags = [(i, p.in_view(view, rows), p.y_in_view(view, rows),
            (p.stream, j, VIEWS.index(view)), view)
           for i, p in enumerate(prepared) for j, rows in enumerate(p.bags)
           for view in config.views]
@@ -480,10 +488,8 @@ def _finish_group(prepared: list[_Prepared], bag_owner: list[tuple[int, str]],
       used = expressions.variables_used(prefix) if prefix is not None else ()
       if prefix is None or (used and max(used) >= prepared[i].x_kept.shape[1]):
         num_invalid[i] += 1
-      elif prepared[i].views[view].y_sign < 0:  # a formula for -y
-        candidates[i].append((["mul", -1.0, *prefix], view))
       else:
-        candidates[i].append((list(prefix), view))
+        candidates[i].append((prepared[i].for_y(prefix, view), view))
   for i, p in enumerate(prepared):
     candidates[i].append(([float(np.mean(p.y))], "raw"))  # the fallback: a constant
     if i in undecoded and not num_decoded[i]:

@@ -48,7 +48,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   ranges that standardised inputs alone turn into long rational functions, and each
   further view is another look at the same points: adding reversed and negated took
   600 in-domain problems (model alone) from 32.8% to 36.5% R2 > 0.99 for 1.55x the
-  model's time (BENCHMARKS.md);
+  seconds per dataset without search (BENCHMARKS.md);
   max_score_points: training points (a seeded random subset) the candidates are ranked
   and their constants refined on (2,000; E2E ranks on all, up to 10,000: on 30 Feynman
   problems with 10,000 training rows the model stages then took 0.80 s per dataset
