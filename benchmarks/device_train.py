@@ -15,6 +15,12 @@ cut short still returns its numbers:
    pipeline in --workers grain processes, warm-started from --init_from when its model
    config matches (a fresh model otherwise), then the model file written to --out in
    parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl.
+4. inference: the whole fitting pipeline on the device (decoding, scoring, refinement,
+   --infer_search seconds of search), eval.py's way (suite_runner), for the model just
+   trained and for --init_from, on the same --infer_problems in-domain problems with
+   --infer_decode_batch bags per decoding call: R2 > 0.99, mean clipped R2, seconds
+   per dataset and per stage. It checks the GPU path of what users run, and says
+   whether the new model beats the shipped one on the same problems.
 
 results.json in --out holds every number; the last lines printed are a short table.
 """
@@ -138,6 +144,32 @@ def _train(args) -> dict:
   return result
 
 
+def _inference(model_file: str, args) -> dict:
+  """eval.py's pipeline on in-domain problems with one model file."""
+  from sr_jax import inference, report, suite_runner, suites
+  problems = suites.load("in_domain", size=args.infer_problems)
+  config = suite_runner.SuiteConfig(inference=inference.InferenceConfig(
+      decode_batch=args.infer_decode_batch, search_time=args.infer_search))
+  outdir = os.path.join(args.workdir, "eval_" + os.path.basename(model_file))
+  shutil.rmtree(outdir, ignore_errors=True)
+  start = time.time()
+  rows = suite_runner.run(inference.load_model(model_file), problems, outdir, config)
+  seconds = time.time() - start
+  table = report.summary(rows).iloc[0]
+  stages = {}
+  for row in rows:
+    for stage, value in row["stage_seconds"].items():
+      stages[stage] = round(stages.get(stage, 0.0) + value, 2)
+  result = {"model": os.path.basename(model_file), "problems": len(rows),
+            "r2_above_0.99": float(table["R2>0.99"]),
+            "mean_clipped_r2": float(table["mean R2 (clip 0)"]),
+            "seconds": round(seconds, 1), "seconds_per_dataset": seconds / len(rows),
+            "stage_seconds": stages, "decode_batch": args.infer_decode_batch,
+            "search_seconds": args.infer_search}
+  print(f"inference: {result}", flush=True)
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.environ.get("OUT", "device_out"))
@@ -148,12 +180,17 @@ def main():
   parser.add_argument("--points_per_batch", type=int, default=40_000)
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--size", default="s3m", help="the size to train (the shipped default)")
-  parser.add_argument("--train_minutes", type=float, default=6.5)
+  parser.add_argument("--train_minutes", type=float, default=5.5)
   parser.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 0))
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--warmup_steps", type=int, default=200)
   parser.add_argument("--eval_every", type=int, default=500)
   parser.add_argument("--init_from", default=str(ROOT / "sr_jax" / "assets" / "default_model.srj"))
+  parser.add_argument("--infer_problems", type=int, default=100,
+                      help="in-domain problems of the inference stage (0: skip it)")
+  parser.add_argument("--infer_decode_batch", type=int, default=64)
+  parser.add_argument("--infer_search", type=float, default=0.0,
+                      help="seconds of search per dataset in the inference stage")
   args = parser.parse_args()
   if args.init_from and not os.path.exists(args.init_from):
     args.init_from = ""
@@ -172,6 +209,12 @@ def main():
     save()
   results["training"] = _train(args)
   save()
+  results["inference"] = []
+  trained = os.path.join(args.out, f"model_{args.size}.srj")
+  for model_file in [trained] + ([args.init_from] if args.init_from else []):
+    if args.infer_problems:
+      results["inference"].append(_inference(model_file, args))
+      save()
   print(f"\n{'size':>6} {'params':>8} {'batch':>5} {'step ms':>8} {'ex/s':>9} {'MFU':>6} "
         f"{'MFU real':>8}")
   for r in results["throughput"]:
@@ -181,6 +224,10 @@ def main():
   t = results["training"]
   print(f"trained {t['size']} for {t['seconds']} s: {t['steps']} steps, {t['examples']:.0f} "
         f"examples, validation {t['validation']}; files {t['files']}")
+  for r in results["inference"]:
+    print(f"{r['model']} on {r['problems']} in-domain problems: R2 > 0.99 "
+          f"{r['r2_above_0.99']:.1%}, mean clipped R2 {r['mean_clipped_r2']:.3f}, "
+          f"{r['seconds_per_dataset']:.3f} s per dataset")
 
 
 if __name__ == "__main__":

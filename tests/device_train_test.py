@@ -1,5 +1,6 @@
 """The device lease script (benchmarks/device_train.py) rehearsed on the CPU with a tiny
-budget: every stage runs and leaves its numbers and a loadable model file in --out."""
+budget: every stage (devices, throughput, training, the fitting pipeline with the new
+model) runs and leaves its numbers and a loadable model file in --out."""
 
 import json
 import os
@@ -17,7 +18,8 @@ def test_device_script_rehearses_on_cpu(tmp_path):
              "--out", str(out), "--workdir", str(tmp_path / "work"), "--allow_cpu",
              "--sizes", "debug", "--throughput_steps", "2", "--size", "debug",
              "--train_minutes", "0.05", "--points_per_batch", "1600", "--workers", "0",
-             "--eval_every", "1000", "--dtype", "float32", "--init_from", ""]
+             "--eval_every", "1000", "--dtype", "float32", "--init_from", "",
+             "--infer_problems", "3", "--infer_decode_batch", "2"]
   done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert done.returncode == 0, done.stderr[-3000:]
@@ -30,6 +32,10 @@ def test_device_script_rehearses_on_cpu(tmp_path):
   model = pretrained.load(str(out / "model_debug.srj"))
   assert model.config.d_model == 64
   assert "trained debug" in done.stdout
+  (inferred,) = results["inference"]  # the trained model's; no --init_from to compare
+  assert inferred["model"] == "model_debug.srj" and inferred["problems"] == 3
+  assert 0 <= inferred["r2_above_0.99"] <= 1 and inferred["stage_seconds"]["decode"] > 0
+  assert "model_debug.srj on 3 in-domain problems" in done.stdout
 
 
 def test_device_script_refuses_the_cpu_without_allow_cpu(tmp_path):
