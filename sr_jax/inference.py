@@ -62,6 +62,10 @@ from sr_jax.model import MAX_INPUT_DIM, Transformer
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
 MAX_ABS_Y = 9.9995e100
+# The least spread of y (max - min, when not 0) whose fits can be scored: below it the
+# squared errors and the variance fall under float64's normal range (2.2e-308 at 1e-154),
+# every formula, 0 included, reads R2 = 1, and a fit would return 0.0 as exact.
+MIN_Y_SPREAD = 1e-140
 STAGES = ("prepare", "decode", "parse", "rank", "refine", "search", "tidy", "simplify",
           "select")
 # The coordinates a bag can be shown in, per feature: standardised (E2E: zero mean,
@@ -244,6 +248,10 @@ def check_dataset(x, y, index: int | None = None) -> tuple[np.ndarray, np.ndarra
   if np.max(np.abs(y)) > MAX_ABS_Y:
     raise ValueError(f"{where}|y| reaches {np.max(np.abs(y)):.3g}, beyond the "
                      f"{MAX_ABS_Y:.4g} the float tokens represent; rescale y")
+  spread = np.max(y) - np.min(y)
+  if 0 < spread < MIN_Y_SPREAD:
+    raise ValueError(f"{where}y varies by only {spread:.3g}: its variance underflows "
+                     "float64, so no formula's error can be measured; rescale y")
   return x, y
 
 

@@ -362,12 +362,24 @@ def test_constant_column_and_time_budget():
     (np.array([["a"], ["b"]]), np.ones(2), "must be numeric"),
     (np.ones(4), np.ones(4), "must be 2-D"),
     (np.ones((3, 1)), np.array([1.0, 2.0, 1e102]), "beyond"),
+    (np.ones((3, 1)), np.array([1e-200, 2e-200, 3e-200]), "varies by only 2e-200"),
+    (np.ones((3, 1)), np.array([3e-150, 0.0, -2e-150]), "varies by only 5e-150"),
 ])
 def test_bad_inputs_are_named(x, y, message):
   with pytest.raises(ValueError, match=message):
     inference.run(None, [(np.ones((3, 1)), np.ones(3)), (x, y)], propose=lambda b: [])
   with pytest.raises(ValueError, match="dataset 1"):
     inference.run(None, [(np.ones((3, 1)), np.ones(3)), (x, y)], propose=lambda b: [])
+
+
+def test_a_tiny_but_measurable_y_is_accepted():
+  """The spread limit sits where float64 stops measuring errors: a y that varies by
+  1e-200 has a variance below the normal range (numpy's own), one that varies by 1e-120
+  keeps it, and is fitted; a constant y (spread 0) is a dataset too."""
+  tiny, small = 1e-200 * np.arange(3.0), 1e-120 * np.arange(3.0)
+  assert np.var(tiny) < np.finfo(np.float64).tiny <= np.var(small)
+  for y in (small, np.full(3, 7.0)):
+    np.testing.assert_array_equal(inference.check_dataset(np.ones((3, 1)), y)[1], y)
 
 
 def test_model_decoding_path_is_deterministic_and_batched():
