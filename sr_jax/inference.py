@@ -105,11 +105,14 @@ class InferenceConfig:
   # for 1.55x (in-domain) and 1.6x (Feynman) the seconds per task; fewer samples in more
   # views at the default's cost gave no gain (BENCHMARKS.md).
   views: tuple[str, ...] = ("standardised", "scaled", "mirrored")
-  # Bags per decoding call (a fixed shape: one compile). A call runs until its longest
-  # candidate ends, so on a CPU small calls waste less: 8 instead of 32 cut the decode
-  # stage 13% on 100 Feynman problems and 7.5% on 600 in-domain ones, same formulas
-  # (BENCHMARKS.md). An accelerator wants more rows per call (eval.py --decode_batch).
-  decode_batch: int = 8
+  # Bags per decoding call (a fixed shape: one compile); 0: 8 on a CPU, 64 on an
+  # accelerator (`default_decode_batch`). A call runs until its longest candidate
+  # ends, so on a CPU, where a step's cost grows with its rows, small calls waste
+  # less: 8 instead of 32 cut the decode stage 13% on 100 Feynman problems and 7.5% on
+  # 600 in-domain ones, same formulas (BENCHMARKS.md). On a GPU a step of 64 bags'
+  # rows costs about what one of 8 does, so fewer, fuller calls win (not yet measured
+  # here: benchmarks/device_train.py's inference stage runs 64).
+  decode_batch: int = 0
   num_refine: int = 10  # K: top distinct skeletons refined per dataset and view
   refine: refine.RefineConfig = refine.RefineConfig()
   max_score_points: int = 10_000  # training points used to rank candidates
@@ -159,9 +162,9 @@ class InferenceConfig:
     if self.selection not in selection.SELECTION_RULES:
       raise ValueError(f"unknown selection rule {self.selection!r}; choose from "
                        f"{selection.SELECTION_RULES}")
-    if min(self.num_candidates, self.max_bags, self.decode_batch, self.max_points_per_bag,
-           self.max_reported, self.screen_keep) < 1 or min(self.num_refine,
-                                                           self.screen_points) < 0:
+    if min(self.num_candidates, self.max_bags, self.max_points_per_bag,
+           self.max_reported, self.screen_keep) < 1 or min(
+               self.num_refine, self.screen_points, self.decode_batch) < 0:
       raise ValueError(f"sizes must be positive: {self}")
     if self.search_time < 0:
       raise ValueError(f"search_time must be >= 0 seconds, got {self.search_time}")
@@ -822,7 +825,8 @@ class _Decoder:
                                                 constrained=config.constrained))
     # Few bags (a single fit) decode in a small power-of-two batch; many fill decode_batch.
     devices = jax.device_count()
-    batch = min(config.decode_batch, 1 << max(len(bags) - 1, 0).bit_length())
+    batch = min(config.decode_batch or default_decode_batch(),
+                1 << max(len(bags) - 1, 0).bit_length())
     self.batch = -(-batch // devices) * devices
     self.mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=1, tensor=1))
     self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sr_jax-decode")
@@ -871,6 +875,12 @@ class _Decoder:
         per_bag[row] += candidates
     self.clock.add("decode", time.perf_counter() - start)
     return per_bag
+
+
+def default_decode_batch() -> int:
+  """Bags per decoding call when InferenceConfig.decode_batch is 0: 8 where JAX runs on
+  the CPU, 64 on an accelerator."""
+  return 8 if jax.default_backend() == "cpu" else 64
 
 
 def _bag_key(stream: int, bag: int, view: int) -> jax.Array:

@@ -241,9 +241,17 @@ def test_screening_ranks_the_best_per_view_on_all_points():
   assert any("screened on a random 500 points" in note for note in screened.notes)
   assert screened.best.r2 > 0.999
   np.testing.assert_allclose(screened.predict(x), unscreened.predict(x), rtol=1e-9)
-  for bad in (dict(screen_keep=0), dict(screen_points=-1)):
+  for bad in (dict(screen_keep=0), dict(screen_points=-1), dict(decode_batch=-1)):
     with pytest.raises(ValueError, match="sizes must be positive"):
       inference.InferenceConfig(**bad)
+
+
+def test_decoding_calls_are_small_on_a_cpu_and_full_on_an_accelerator(monkeypatch):
+  """decode_batch 0 (the default) picks by the backend JAX runs on."""
+  assert inference.InferenceConfig().decode_batch == 0
+  assert jax.default_backend() == "cpu" and inference.default_decode_batch() == 8
+  monkeypatch.setattr(inference.jax, "default_backend", lambda: "gpu")
+  assert inference.default_decode_batch() == 64
 
 
 def test_adding_a_view_only_adds_candidates(monkeypatch):

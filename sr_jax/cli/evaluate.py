@@ -39,7 +39,8 @@ _VIEWS = flags.DEFINE_list("views", list(inference.InferenceConfig.views),
                            f"Views of the data every bag is decoded in, from {inference.VIEWS}.")
 _DECODE_BATCH = flags.DEFINE_integer(
     "decode_batch", inference.InferenceConfig.decode_batch,
-    "Bags per decoding call: a call runs until its longest candidate ends.")
+    "Bags per decoding call (0: 8 on a CPU, 64 on an accelerator): a call runs until "
+    "its longest candidate ends.", lower_bound=0)
 _SCREEN = flags.DEFINE_integer(
     "screen_points", inference.InferenceConfig.screen_points,
     "Candidates are screened on this many training points before the best are ranked "
