@@ -180,7 +180,7 @@ def main():
   parser.add_argument("--points_per_batch", type=int, default=40_000)
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--size", default="s3m", help="the size to train (the shipped default)")
-  parser.add_argument("--train_minutes", type=float, default=5.5)
+  parser.add_argument("--train_minutes", type=float, default=5.0)
   parser.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 0))
   parser.add_argument("--learning_rate", type=float, default=1e-3)
   parser.add_argument("--warmup_steps", type=int, default=200)
@@ -191,7 +191,11 @@ def main():
   parser.add_argument("--infer_decode_batch", type=int, default=64)
   parser.add_argument("--infer_search", type=float, default=0.0,
                       help="seconds of search per dataset in the inference stage")
+  parser.add_argument("--deadline_minutes", type=float, default=9.5,
+                      help="the inference stage starts no model with less than a minute "
+                           "of this left (the device tool's command limit is 10)")
   args = parser.parse_args()
+  started = time.time()
   if args.init_from and not os.path.exists(args.init_from):
     args.init_from = ""
   os.makedirs(args.out, exist_ok=True)
@@ -212,9 +216,12 @@ def main():
   results["inference"] = []
   trained = os.path.join(args.out, f"model_{args.size}.srj")
   for model_file in [trained] + ([args.init_from] if args.init_from else []):
-    if args.infer_problems:
+    left = args.deadline_minutes * 60 - (time.time() - started)
+    if args.infer_problems and left < 60:
+      print(f"inference of {model_file} skipped: {left:.0f} s left", flush=True)
+    elif args.infer_problems:
       results["inference"].append(_inference(model_file, args))
-      save()
+    save()
   print(f"\n{'size':>6} {'params':>8} {'batch':>5} {'step ms':>8} {'ex/s':>9} {'MFU':>6} "
         f"{'MFU real':>8}")
   for r in results["throughput"]:

@@ -38,6 +38,25 @@ def test_device_script_rehearses_on_cpu(tmp_path):
   assert "model_debug.srj on 3 in-domain problems" in done.stdout
 
 
+def test_device_script_skips_inference_past_its_deadline(tmp_path):
+  """With less than a minute of --deadline_minutes left (here always: 30 s in all) the
+  inference stage starts no model, which the lease would kill mid-run; the stages
+  before it still leave their numbers."""
+  out = tmp_path / "out"
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "device_train.py"),
+             "--out", str(out), "--workdir", str(tmp_path / "work"), "--allow_cpu",
+             "--sizes", "debug", "--throughput_steps", "1", "--size", "debug",
+             "--train_minutes", "0.02", "--points_per_batch", "1600", "--workers", "0",
+             "--eval_every", "1000", "--dtype", "float32", "--init_from", "",
+             "--infer_problems", "3", "--deadline_minutes", "0.5"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  results = json.loads((out / "results.json").read_text())
+  assert results["training"]["steps"] >= 1 and results["inference"] == []
+  assert "inference of" in done.stdout and "skipped" in done.stdout
+
+
 def test_device_script_refuses_the_cpu_without_allow_cpu(tmp_path):
   done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "device_train.py"),
                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
