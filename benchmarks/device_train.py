@@ -156,10 +156,7 @@ def _inference(model_file: str, args) -> dict:
   rows = suite_runner.run(inference.load_model(model_file), problems, outdir, config)
   seconds = time.time() - start
   table = report.summary(rows).iloc[0]
-  stages = {}
-  for row in rows:
-    for stage, value in row["stage_seconds"].items():
-      stages[stage] = round(stages.get(stage, 0.0) + value, 2)
+  stages = {stage: round(s, 2) for stage, s in report.stage_seconds(rows).items()}
   result = {"model": os.path.basename(model_file), "problems": len(rows),
             "r2_above_0.99": float(table["R2>0.99"]),
             "mean_clipped_r2": float(table["mean R2 (clip 0)"]),

@@ -55,10 +55,16 @@ def summary(rows: list[dict]) -> pd.DataFrame:
   }).reset_index()
 
 
+def stage_seconds(rows: list[dict]) -> dict[str, float]:
+  """The pipeline's seconds per stage, summed over the rows' shares."""
+  stages = pd.DataFrame([row.get("stage_seconds", {}) for row in rows]).sum()
+  return {stage: float(seconds) for stage, seconds in stages.items()}
+
+
 def markdown(rows: list[dict], title: str) -> str:
   table = summary(rows)
-  stages = pd.DataFrame([row.get("stage_seconds", {}) for row in rows]).sum()
-  timing = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
+  timing = ", ".join(f"{stage} {seconds:.1f}"
+                     for stage, seconds in stage_seconds(rows).items())
   lines = [f"# {title}", "", _markdown_table(table), "",
            f"Pipeline seconds by stage over {len(rows)} tasks: {timing} "
            "(SRBench checks and metrics not included).", "", "## Published numbers", "",

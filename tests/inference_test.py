@@ -383,7 +383,7 @@ def test_bad_inputs_are_named(x, y, message):
 def test_a_tiny_but_measurable_y_is_accepted():
   """The spread limit sits where float64 stops measuring errors: a y that varies by
   1e-200 has a variance below the normal range (numpy's own), one that varies by 1e-120
-  keeps it, and is fitted; a constant y (spread 0) is a dataset too."""
+  keeps it and passes the checks; so does a constant y (spread 0)."""
   tiny, small = 1e-200 * np.arange(3.0), 1e-120 * np.arange(3.0)
   assert np.var(tiny) < np.finfo(np.float64).tiny <= np.var(small)
   for y in (small, np.full(3, 7.0)):
