@@ -19,7 +19,10 @@ the same wall-clock seconds per dataset (--budgets):
   settings (population and pool 500, length <= 50, 10 LM iterations, linear scaling).
 Pin each process to its own core (taskset) to compare one core against one core.
 
-Metrics per (suite, system, budget), pooled over --seeds (each seed its own split, pipeline
+--noise adds SRBench's target noise to the training y of every system (N(0, level *
+RMS(y_train)), metrics.srbench_split; the test y stays clean), one level per run.
+
+Metrics per (suite, noise, system, budget), pooled over --seeds (each seed its own split, pipeline
 and Operon run): test R2 > 0.99 and > 0.999 rates, SRBench's
 symbolic-solution rate (sympy, 20 s per check), median SRBench model size, the
 median number of search generations (sr_jax's), and datasets/s (all datasets of a
@@ -78,7 +81,7 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
   """model_seconds: what the model stages (decoding, refinement) took per dataset on
   this suite without search; the search gets the rest of the budget, so that the
   whole pipeline spends about `budget` seconds per dataset."""
-  splits = [metrics.srbench_split(p.x, p.y, seed) for p in problems]
+  splits = [metrics.srbench_split(p.x, p.y, seed, noise=args.noise) for p in problems]
   search_time = max(0.1 * budget, budget - model_seconds)
   config = inference.InferenceConfig(search_time=0.0 if system == "model_only" else search_time,
                                      max_bags=args.max_bags,
@@ -129,11 +132,12 @@ def _generations(notes: list[str]) -> int | None:
   return next((int(m.group(1)) for m in found if m), None)
 
 
-def _operon_rows(problems, budget, seed):
+def _operon_rows(problems, budget, seed, noise):
   from pyoperon.sklearn import SymbolicRegressor
   rows = []
   for problem in problems:
-    x_train, y_train, x_test, y_test = metrics.srbench_split(problem.x, problem.y, seed)
+    x_train, y_train, x_test, y_test = metrics.srbench_split(problem.x, problem.y, seed,
+                                                             noise=noise)
     regressor = SymbolicRegressor(
         allowed_symbols="add,sub,mul,div,constant,variable,sin,cos,exp,log,sqrt,square",
         max_length=50, population_size=500, pool_size=500, optimizer_iterations=10,
@@ -162,8 +166,8 @@ def run(args) -> None:
   done = set()
   if os.path.exists(path):
     with open(path) as f:
-      done = {(r["suite"], r["system"], r["budget"], r["name"], r.get("seed", 0))
-              for r in map(json.loads, f)}
+      done = {(r["suite"], r.get("noise", 0.0), r["system"], r["budget"], r["name"],
+               r.get("seed", 0)) for r in map(json.loads, f)}
   model = None
   if set(args.systems) & {"sr_jax", "model_only"}:
     model = inference.load_model(args.pretrained)
@@ -172,7 +176,7 @@ def run(args) -> None:
   if os.path.exists(path):
     with open(path) as f:
       for r in map(json.loads, f):
-        if r["system"] == "model_only":
+        if r["system"] == "model_only" and r.get("noise", 0.0) == args.noise:
           model_seconds.setdefault(r["suite"], []).append(r["seconds"])
   model_seconds = {k: float(np.mean(v)) for k, v in model_seconds.items()}
   with suite_runner._SymbolicChecker(20.0) as checker, open(path, "a") as out:
@@ -190,16 +194,18 @@ def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, ar
               checker, out) -> None:
   """One (suite, system, budget, seed) cell: its datasets not in `done`, appended to
   `out` as they finish."""
-  todo = [p for p in items if (suite, system, budget, p.name, seed) not in done]
+  todo = [p for p in items
+          if (suite, args.noise, system, budget, p.name, seed) not in done]
   if not todo:
     return
-  rows = (_operon_rows(todo, budget, seed) if system == "operon" else
+  rows = (_operon_rows(todo, budget, seed, args.noise) if system == "operon" else
           _sr_jax_rows(system, model, todo, budget, args, seed,
                        model_seconds.get(suite, 0.0)))
   if system == "model_only":
     model_seconds[suite] = float(np.mean([r[3] for r in rows]))
   for problem, model_string, r2, seconds, generations, front in rows:
-    record = {"suite": suite, "system": system, "budget": budget, "seed": seed,
+    record = {"suite": suite, "noise": args.noise, "system": system, "budget": budget,
+              "seed": seed,
               "name": problem.name, "test_r2": r2 if np.isfinite(r2) else None,
               "model": model_string, "seconds": seconds, "generations": generations}
     if front is not None:
@@ -213,7 +219,8 @@ def _run_rows(suite, system, budget, seed, items, done, model, model_seconds, ar
                                          problem.feature_names, r2, 100).solved
     out.write(json.dumps(record) + "\n")
   out.flush()
-  print(f"{suite} {system} budget {budget} seed {seed}: {len(rows)} datasets done",
+  print(f"{suite} noise {args.noise:g} {system} budget {budget} seed {seed}: "
+        f"{len(rows)} datasets done",
         flush=True)
 
 
@@ -230,10 +237,11 @@ def report(out_dir: str) -> str:
     frame = pd.DataFrame([json.loads(line) for line in f])
   frame["r2"] = frame["test_r2"].astype(float).fillna(-np.inf)
   frame["seed"] = frame["seed"].fillna(0).astype(int) if "seed" in frame else 0
+  frame["noise"] = frame["noise"].fillna(0.0) if "noise" in frame else 0.0
   for column in ("symbolic", "generations"):
     if column not in frame:
       frame[column] = np.nan
-  table = frame.groupby(["suite", "system", "budget"]).agg(
+  table = frame.groupby(["suite", "noise", "system", "budget"]).agg(
       datasets=("name", "nunique"), seeds=("seed", "nunique"),
       r2_99=("r2", lambda r: np.mean(r > 0.99)),
       r2_999=("r2", lambda r: np.mean(r > 0.999)),
@@ -243,11 +251,11 @@ def report(out_dir: str) -> str:
       generations=("generations", lambda g: g.dropna().median() if g.notna().any()
                    else np.nan)).reset_index()
   table["datasets_per_s"] = 1 / table["seconds"]
-  lines = ["| suite | system | s/dataset budget | datasets | seeds | R2>0.99 | R2>0.999 | "
+  lines = ["| suite | noise | system | s/dataset budget | datasets | seeds | R2>0.99 | R2>0.999 | "
            "symbolic | median size | datasets/s | generations |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in table.itertuples():
-    lines.append(f"| {row.suite} | {row.system} | {row.budget:g} | {row.datasets} | "
+    lines.append(f"| {row.suite} | {row.noise:g} | {row.system} | {row.budget:g} | {row.datasets} | "
                  f"{row.seeds} | "
                  f"{row.r2_99:.3f} | {row.r2_999:.3f} | {row.symbolic:.3f} | "
                  f"{row.median_size:.0f} | {row.datasets_per_s:.2f} | "
@@ -257,13 +265,16 @@ def report(out_dir: str) -> str:
                               squeeze=False)
   for axis, suite in zip(axes[0], suites_seen):
     part = table[table["suite"] == suite]
-    for system, rows in part.groupby("system"):
+    for (system, noise), rows in part.groupby(["system", "noise"]):
       rows = rows.sort_values("budget")
+      label = ("model only" if system == "model_only" else system) + (
+          f" (noise {noise:g})" if noise else "")
+      style = {"linestyle": "--"} if noise else {}
       if system == "model_only":
-        axis.axhline(rows["r2_99"].iloc[0], linestyle=":", color="gray", label="model only")
+        axis.axhline(rows["r2_99"].iloc[0], linestyle=":", color="gray", label=label)
       else:
-        axis.plot(rows["budget"], rows["r2_99"], marker="o", label=system,
-                  color=_COLORS.get(system))
+        axis.plot(rows["budget"], rows["r2_99"], marker="o", label=label,
+                  color=_COLORS.get(system), **style)
     axis.set(xscale="log", xlabel="seconds per dataset", ylabel="test R2 > 0.99",
              title=suite, ylim=(0, 1))
     axis.legend()
@@ -301,6 +312,8 @@ def main():
   parser.add_argument("--generations", type=int, default=0,
                       help="sr_jax: this many search generations instead of the budget's "
                       "time (reproducible ablations)")
+  parser.add_argument("--noise", type=float, default=0.0,
+                      help="SRBench target noise level on the training y (0.001, 0.01, 0.1)")
   parser.add_argument("--report", action="store_true", help="only summarise --out")
   args = parser.parse_args()
   if not args.report:

@@ -122,10 +122,37 @@ def test_simplest_rule_picks_the_shortest_within_the_tolerance():
   score = selection.selection_score(r2, complexity, "simplest", r2_tolerance=1e-7)
   assert np.argmax(score) == 1
   assert np.argmax(selection.selection_score(r2, complexity, "r2")) == 1
-  # A rough best fit (1 - R2 = 0.04) leaves 10% of its error: 0.957 is within, 0.9 not.
+  # A rough best fit (1 - R2 = 0.04) leaves 10% of its error: 0.957 is within, 0.9 not,
+  # unless the slack is capped (the default, 3e-4).
   r2, complexity = np.array([0.9, 0.957, 0.96]), np.array([3, 10, 25])
-  assert np.argmax(selection.selection_score(r2, complexity, "simplest")) == 1
+  assert np.argmax(selection.selection_score(r2, complexity, "simplest",
+                                             max_tolerance=np.inf)) == 1
   assert np.argmax(selection.selection_score(r2, complexity, "simplest",
                                              relative_tolerance=0.0)) == 2
+  assert np.argmax(selection.selection_score(r2, complexity, "simplest")) == 2
+  r2 = np.array([0.9, 0.9598, 0.96])
+  assert np.argmax(selection.selection_score(r2, complexity, "simplest")) == 1
   with pytest.raises(ValueError, match="unknown selection rule 'best'"):
     selection.selection_score(r2, complexity, "best")
+
+
+def test_noise_in_y_does_not_let_a_simpler_wrong_formula_win():
+  """With noise, the true law's training error is the noise's (1 - R2 = 0.1 here), so
+  10% of it would let x0 alone (0.005 worse) pass for the law; the capped slack keeps
+  the law, which is exact on clean test points (numpy is the oracle)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2000, 2))
+  law = x[:, 0] + 0.075 * x[:, 1]
+  y = law + rng.normal(0, np.sqrt(0.111 * (1 + 0.075 ** 2)), size=len(law))
+  propose = lambda bags: [[["add", "mul", 1.0, "x_0", "mul", 1.0, "x_1"],
+                           ["mul", 1.0, "x_0"]] for _ in bags]
+  x_test = rng.normal(size=(500, 2))
+  clean = x_test[:, 0] + 0.075 * x_test[:, 1]
+  picked = {}
+  for cap in (3e-4, np.inf):
+    config = inference.InferenceConfig(max_tolerance=cap)
+    result = inference.run(None, [(x, y)], config, propose=propose).results[0]
+    test_r2 = 1 - np.mean((result.predict(x_test) - clean) ** 2) / np.var(clean)
+    picked[cap] = ("x_1" in result.best.prefix, test_r2)
+  assert picked[3e-4][0] and picked[3e-4][1] > 0.999
+  assert not picked[np.inf][0] and picked[np.inf][1] < 0.996
