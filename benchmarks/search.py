@@ -90,7 +90,8 @@ def _sr_jax_rows(system, model, problems, budget, args, seed, model_seconds=0.0)
                                      tidy=None if args.no_tidy else tidy.TidyConfig(),
                                      search=search.SearchConfig(
                                          generations=0 if system == "model_only"
-                                         else args.generations))
+                                         else args.generations,
+                                         max_points=args.search_points))
   propose = _random_proposer(seed, config.num_candidates + 1) if system == "random" else None
   begin = time.perf_counter()
   output = inference.run(None if propose else model, [(s[0], s[1]) for s in splits], config,
@@ -312,6 +313,9 @@ def main():
   parser.add_argument("--generations", type=int, default=0,
                       help="sr_jax: this many search generations instead of the budget's "
                       "time (reproducible ablations)")
+  parser.add_argument("--search_points", type=int,
+                      default=search.SearchConfig.max_points,
+                      help="sr_jax: points each offspring is fitted and scored on")
   parser.add_argument("--noise", type=float, default=0.0,
                       help="SRBench target noise level on the training y (0.001, 0.01, 0.1)")
   parser.add_argument("--report", action="store_true", help="only summarise --out")
