@@ -252,12 +252,12 @@ def report(out_dir: str) -> str:
       generations=("generations", lambda g: g.dropna().median() if g.notna().any()
                    else np.nan)).reset_index()
   table["datasets_per_s"] = 1 / table["seconds"]
-  lines = ["| suite | noise | system | s/dataset budget | datasets | seeds | R2>0.99 | R2>0.999 | "
-           "symbolic | median size | datasets/s | generations |",
+  lines = ["| suite | noise | system | s/dataset budget | datasets | seeds | R2>0.99 | "
+           "R2>0.999 | symbolic | median size | datasets/s | generations |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in table.itertuples():
-    lines.append(f"| {row.suite} | {row.noise:g} | {row.system} | {row.budget:g} | {row.datasets} | "
-                 f"{row.seeds} | "
+    lines.append(f"| {row.suite} | {row.noise:g} | {row.system} | {row.budget:g} | "
+                 f"{row.datasets} | {row.seeds} | "
                  f"{row.r2_99:.3f} | {row.r2_999:.3f} | {row.symbolic:.3f} | "
                  f"{row.median_size:.0f} | {row.datasets_per_s:.2f} | "
                  f"{'-' if np.isnan(row.generations) else f'{row.generations:.0f}'} |")

@@ -46,17 +46,15 @@ RULES = {
 }
 
 
-def pick(front: list[list], rule: str, complexity_penalty: float = 1e-3,
-         r2_tolerance: float = 1e-4, relative_tolerance: float = 0.1,
-         max_tolerance: float = 3e-4) -> list | None:
-  """The front entry [complexity, train R2, test R2, size] the rule selects."""
+def pick(front: list[list], **rule) -> list | None:
+  """The front entry [complexity, train R2, test R2, size] that selection_score with
+  these arguments (a RULES entry) selects."""
   usable = [f for f in front if f[1] is not None and np.isfinite(f[1])]
   if not usable:
     return None
   complexity = np.array([f[0] for f in usable])
   r2 = np.array([f[1] for f in usable])
-  score = selection.selection_score(r2, complexity, rule, complexity_penalty, r2_tolerance,
-                                    relative_tolerance, max_tolerance)
+  score = selection.selection_score(r2, complexity, **rule)
   return usable[int(np.argmax(score))]
 
 

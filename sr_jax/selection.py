@@ -147,8 +147,8 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
   looks only at formulas whose loss is within 1.5x of the lowest): an exact fit
   leaves little room, a rough one more, but never more than max_tolerance, because
   noise in y makes every fit look rough (at SRBench's noise 0.1, 10% of the best
-  error let simpler, wrong formulas win on 8 of 117 Feynman problems). Those score above 1, the shortest highest
-  (ties: the more accurate), and the rest score their R2. On 117 Feynman problems at
+  error let simpler, wrong formulas win on 8 of 117 Feynman problems). Those score
+  above 1, the shortest highest (ties: the more accurate), and the rest score their R2. On 117 Feynman problems at
   2 s of search r2_tolerance alone picked formulas of median SRBench size 18 instead
   of 22 at the same R2 > 0.99 and > 0.999 rates, and relative_tolerance 0.1 17
   (15 uncapped; BENCHMARKS.md).
