@@ -34,6 +34,13 @@ def _values(prefix, x):
      "x_0*(1/x_1 - 1/x_2)"),
     # Multiplied out (expand), then factored.
     ("0.25*x_0*(x_1 + x_2)**2 + 0.25*x_0*(x_1 - x_2)**2", "0.5*x_0*(x_1**2 + x_2**2)"),
+    # Formulas the search returned for Feynman problems at 2 s (the SRBench check
+    # failed on each as written, passes on each rewritten): a phase of pi (I.12.11),
+    ("x_0*(-x_1*sin(x_2 - 3.14159265358979) + 1.5)", "x_0*(x_1*sin(x_2) + 1.5)"),
+    ("x_0*cos(x_1 + 1.5707963267949)", "-x_0*sin(x_1)"),
+    # the sign of a log (I.44.4), square roots of a product (I.47.23).
+    ("-1.0*x_0*x_1*log(x_2/x_1)", "x_0*x_1*log(x_1/x_2)"),
+    ("sqrt(x_0)*sqrt(x_1)/sqrt(x_2)", "sqrt(x_0*x_1/x_2)"),
 ])
 def test_rewrites_to_the_smaller_form(text, expected):
   x = np.random.default_rng(0).uniform(1, 5, size=(128, 3))
@@ -42,6 +49,31 @@ def test_rewrites_to_the_smaller_form(text, expected):
   got = expressions.to_sympy(out, SYMBOLS)
   assert sympy.simplify(got - sympy.sympify(expected, locals={str(s): s for s in SYMBOLS})) == 0
   assert simplify.srbench_size(out, 3) < simplify.srbench_size(prefix, 3)
+
+
+def test_a_weight_fitted_twice_is_one_factor():
+  """Feynman I.18.4 as the search returned it: the two 6.2335702183991... differ in
+  their last bit, so no common factor came out until they were made one; then
+  0.16042171098809 * 6.23357021839918 = 0.9999999999999982 is 1."""
+  prefix = ["add", "x_2", "div", "mul", "mul", 0.16042171098809, "x_0", "sub", "mul",
+            6.23357021839918, "x_1", "mul", 6.233570218399183, "x_2", "add", "x_0", "x_1"]
+  assert prefix[9] != prefix[12]
+  x = np.random.default_rng(0).uniform(1, 5, size=(128, 3))
+  out = expressions.to_sympy(simplify.simplified(prefix, x), SYMBOLS)
+  x_0, x_1, x_2 = SYMBOLS
+  assert out.atoms(sympy.Float) == set()
+  assert sympy.simplify(out - (x_0 * (x_1 - x_2) / (x_0 + x_1) + x_2)) == 0
+
+
+def test_constants_that_only_look_alike_stay_apart():
+  """6.2 and 6.2000001 are two weights: made one, the formula would move by ~1e-7
+  relative (where x_1 and x_2 nearly cancel, by much more)."""
+  prefix = _prefix("0.161*x_0*(6.2*x_1 - 6.2000001*x_2)")
+  x = np.random.default_rng(0).uniform(1, 5, size=(128, 3))
+  snapped = simplify._constants_snapped(expressions.to_sympy(prefix, SYMBOLS))
+  assert {abs(float(c)) for c in snapped.atoms(sympy.Float)} == {0.161, 6.2, 6.2000001}
+  out = simplify.simplified(prefix, x)
+  np.testing.assert_allclose(_values(out, x), _values(prefix, x), rtol=1e-12)
 
 
 def test_random_formulas_keep_their_values_and_never_grow():
