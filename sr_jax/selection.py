@@ -148,10 +148,10 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
   leaves little room, a rough one more, but never more than max_tolerance, because
   noise in y makes every fit look rough (at SRBench's noise 0.1, 10% of the best
   error let simpler, wrong formulas win on 8 of 117 Feynman problems). Those score
-  above 1, the shortest highest (ties: the more accurate), and the rest score their R2. On 117 Feynman problems at
-  2 s of search r2_tolerance alone picked formulas of median SRBench size 18 instead
-  of 22 at the same R2 > 0.99 and > 0.999 rates, and relative_tolerance 0.1 17
-  (15 uncapped; BENCHMARKS.md).
+  above 1, the shortest highest (ties: the more accurate), and the rest score their
+  R2. On 117 Feynman problems at 2 s of search r2_tolerance alone picked formulas of
+  median SRBench size 18 instead of 22 at the same R2 > 0.99 and > 0.999 rates, and
+  relative_tolerance 0.1 17 (15 uncapped; BENCHMARKS.md).
   """
   r2 = np.asarray(r2, np.float64)
   if rule == "r2":

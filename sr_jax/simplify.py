@@ -66,18 +66,15 @@ def _expand(expr: sympy.Expr) -> sympy.Expr:
   return sympy.expand(expr) if _expanded_terms(expr) <= MAX_EXPANDED_TERMS else expr
 
 
-_HALF = sympy.Rational(1, 2)
-
-
 def _roots_merged(expr: sympy.Expr) -> sympy.Expr:
   """Every product's square-root factors as one square root: sqrt(a) sqrt(b) / sqrt(c)
   -> sqrt(a b / c) (equal where a, b, c >= 0, c > 0)."""
   def merge(product: sympy.Expr) -> sympy.Expr:
-    roots = [f for f in product.args if f.is_Pow and f.exp in (_HALF, -_HALF)]
+    roots = [f for f in product.args if f.is_Pow and f.exp in (sympy.S.Half, -sympy.S.Half)]
     if len(roots) < 2:
       return product
     others = [f for f in product.args if f not in roots]
-    inside = sympy.Mul(*[f.base if f.exp == _HALF else 1 / f.base for f in roots])
+    inside = sympy.Mul(*[f.base if f.exp == sympy.S.Half else 1 / f.base for f in roots])
     return sympy.Mul(*others, sympy.sqrt(inside))
   return expr.replace(lambda e: e.is_Mul, merge)
 
@@ -120,10 +117,11 @@ def _constants_snapped(expr: sympy.Expr) -> sympy.Expr:
         break
   for number in numbers:
     value = float(snapped.get(number, number))
-    if not abs(value) <= 4.5 * math.pi:  # also skips +-inf
+    if not math.isfinite(value):
       continue
     halves = round(value / (math.pi / 2))
-    if halves and abs(value - halves * math.pi / 2) <= INTEGER_TOLERANCE * abs(value):
+    if 0 < abs(halves) <= 8 and abs(value - halves * math.pi / 2) <= (
+        INTEGER_TOLERANCE * abs(value)):
       snapped[number] = halves * sympy.pi / 2
   return expr.xreplace(snapped) if snapped else expr
 
