@@ -56,8 +56,9 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   num_refine: top distinct skeletons whose constants are refined (refine_method
   'lm' or 'lbfgs', refine_iters iterations);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
-  with the model's candidates and with sums and ratios of a few terms fitted by
-  sparse regression (search.py, sparse_seeds.py; 0 turns it off; one-time XLA
+  with the model's candidates, with sums and ratios of a few terms fitted by
+  sparse regression and with power laws times a function of a product of features
+  fitted on logs (search.py, sparse_seeds.py, group_seeds.py; 0 turns it off; one-time XLA
   compilation is not counted, so the first fit in a process searches as long as
   later ones). The default, 2 s, is the budget at which
   Operon, the strongest GP baseline, was measured here (BENCHMARKS.md); a

@@ -24,11 +24,12 @@ started from the proposals (plus a share of random formulas), for a time budget:
   the seeded one). Two islands, at equal work per generation, measured +5 points R2 >
   0.99 on Feynman and Strogatz (BENCHMARKS.md);
 - island 1 also starts from regression seeds (sparse_seeds.py): sums and ratios of a
-  few library terms (x^2, sin(x0 - x1), cos(x1) / x0, c^2 k / (G r^2), ...) and a power
-  law, fitted by
-  least squares on the dataset in one pass. Laws of a few such terms (most Strogatz
-  systems, many Feynman laws) are then held from the start, where mutation would
-  assemble them term by term.
+  few library terms (x^2, sin(x0 - x1), cos(x1) / x0, c^2 k / (G r^2), ...), a power
+  law, and power laws times a function of a product of features (group_seeds.py:
+  n0 exp(-m g x / (k T)), m0 / sqrt(1 - v^2 / c^2)), fitted by least squares on the
+  dataset (on logs for the last two) in one pass. Laws of a few such terms (most
+  Strogatz systems, many Feynman laws) are then held from the start, where mutation
+  would assemble them term by term.
 
 The search takes and returns formulas on the dataset's own features. Inside, y is
 standardised (float32 then holds any finite y; formulas map back through their affine

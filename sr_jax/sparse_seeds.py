@@ -19,7 +19,10 @@ the dataset's own features:
   in log x_i gives y ~ c prod_i x_i^a_i, exponents rounded to halves;
 - sums of monomials: y ~ b + sum_j w_j m_j, each m_j a product of up to four features'
   powers -2, -1, 1 or 2 (c^2 k / (G r^2) + H^2 / G, a physics law's usual shape, which
-  neither the pairs of the wide library nor one power law holds).
+  neither the pairs of the wide library nor one power law holds);
+- a power law times a function of a group: y ~ c prod_i x_i^a_i g(s m)^p, m a product
+  of features' powers, g exp, sin, cos, 1 + u, exp(u) - 1 or cosh (group_seeds.py:
+  n0 exp(-m g x / (k T)), m0 / sqrt(1 - v^2 / c^2)).
 
 These are guesses, not answers: they seed the search (search.SearchConfig.regression_seeds),
 which refits their constants and varies them like any other seed. On noisy data the
@@ -33,6 +36,8 @@ import itertools
 import math
 
 import numpy as np
+
+from sr_jax import group_seeds
 
 Prefix = list
 
@@ -65,10 +70,11 @@ class SparseSeedConfig:
   max_factors: int = 4
   max_monomials: int = 6000
   per_size: int = 2  # seeds written per size
+  group_seeds: int = 4  # power laws times a function of a group (0: none)
 
   def __post_init__(self):
     if min(self.max_terms, self.max_ratio_terms, self.max_columns, self.beam,
-           self.per_size, self.max_factors, self.max_monomials) < 1:
+           self.per_size, self.max_factors, self.max_monomials) < 1 or self.group_seeds < 0:
       raise ValueError(f"sparse seed sizes must be positive: {self}")
 
 
@@ -121,13 +127,10 @@ def polynomial_library(x_NxD: np.ndarray, degree: int = 3,
       if len(terms) >= max_columns:
         break
       counts = {i: combination.count(i) for i in sorted(set(combination))}
-      factors = [_power(f"x_{i}", n) for i, n in counts.items()]
+      factors = [group_seeds.power_of([f"x_{i}"], n) for i, n in counts.items()]
       terms.append(["mul"] * (len(factors) - 1) + [t for f in factors for t in f])
       columns.append(np.prod([x_NxD[:, i]**n for i, n in counts.items()], axis=0))
   return _finite(terms, columns, len(x_NxD))
-
-
-_MONOMIAL_POWERS = (-2, -1, 1, 2)
 
 
 def monomial_library(x_NxD: np.ndarray, max_factors: int = 4,
@@ -138,22 +141,11 @@ def monomial_library(x_NxD: np.ndarray, max_factors: int = 4,
   left out (not finite)."""
   x_NxD = np.asarray(x_NxD, np.float64)
   features = _varying(x_NxD)
-  count = lambda k: sum(math.comb(len(features), j) * len(_MONOMIAL_POWERS)**j
-                        for j in range(1, k + 1))
+  count = lambda k: sum(math.comb(len(features), j) * 4**j for j in range(1, k + 1))
   factors = max_factors
   while factors > 1 and count(factors) > max_monomials:
     factors -= 1
-  terms, columns = [], []
-  with np.errstate(all="ignore"):
-    powers = {(i, a): x_NxD[:, i]**a for i in features for a in _MONOMIAL_POWERS}
-    for k in range(1, factors + 1):
-      for chosen in itertools.combinations(features, k):
-        for exponents in itertools.product(_MONOMIAL_POWERS, repeat=k):
-          if len(terms) >= max_monomials:
-            break
-          terms.append(_chain("mul", [_power(f"x_{i}", a) for i, a in zip(chosen, exponents)]))
-          columns.append(np.prod([powers[i, a] for i, a in zip(chosen, exponents)], axis=0))
-  return _finite(terms, columns, len(x_NxD))
+  return group_seeds.monomials(x_NxD, features, max_monomials, factors, wide_factors=factors)
 
 
 def _varying(x_NxD: np.ndarray) -> list[int]:
@@ -304,18 +296,10 @@ def _power_law(x_NxD: np.ndarray, y_N: np.ndarray) -> Prefix | None:
   log_c = np.mean(np.log(np.abs(y_N)) - np.log(x_NxD) @ exponents)
   if not np.isfinite(log_c) or abs(log_c) > 700:
     return None
-  factors = [_power(f"x_{i}", a) for i, a in enumerate(exponents) if a != 0]
+  factors = [group_seeds.power_of([f"x_{i}"], a) for i, a in enumerate(exponents) if a != 0]
   if not factors:
     return None
   return ["mul", float(np.sign(y_N[0]) * np.exp(log_c))] + _chain("mul", factors)
-
-
-def _power(variable: str, exponent: float) -> Prefix:
-  named = {1.0: [variable], 2.0: ["pow2", variable], 3.0: ["pow3", variable],
-           0.5: ["sqrt", variable], -1.0: ["inv", variable],
-           -2.0: ["inv", "pow2", variable], -3.0: ["inv", "pow3", variable],
-           -0.5: ["inv", "sqrt", variable]}
-  return named.get(float(exponent), ["pow", variable, float(exponent)])
 
 
 def _sums(terms: list[Prefix], columns_NxL: np.ndarray, y_N: np.ndarray,
@@ -371,6 +355,7 @@ def seeds(x_NxD: np.ndarray, y_N: np.ndarray,
                   for seed in _sums(terms, columns_NxL, standard_N, config)])
   power_law = _power_law(x_NxD, y_N)
   kinds.append([power_law] if power_law is not None else [])
+  kinds.append(group_seeds.seeds(x_NxD, y_N, config.group_seeds))
   # Taken in turns, so that a population with room for only some of them gets the
   # simplest of every kind.
   return [seed for turn in itertools.zip_longest(*kinds) for seed in turn
