@@ -111,6 +111,9 @@ def seeds(x_NxD: np.ndarray, y_N: np.ndarray, count: int = 4) -> list[Prefix]:
     return []
   # Least squares weighted by y^2: with noise of a fixed size in y, log|y| is off by
   # about noise / |y|, so points near y = 0 would otherwise decide the fit.
+  # Fitted to y / max|y| (squares of any finite y stay finite), c scaled back after.
+  magnitude = float(np.max(np.abs(y_N)))
+  y_N = y_N / magnitude
   weight_N = np.abs(y_N) / np.sqrt(np.mean(np.square(y_N)))
   weighted_NxP = design_NxP * weight_N[:, None]
   pinv_PxN = np.linalg.pinv(weighted_NxP)
@@ -149,7 +152,8 @@ def seeds(x_NxD: np.ndarray, y_N: np.ndarray, count: int = 4) -> list[Prefix]:
     group = exp_terms[m] if kind == "exp" else terms[m]
     values = exp_values[:, m] if kind == "exp" else values_NxM[:, m]
     seed = _written(x_NxD, y_N, positive, weight_N, outside, kind, group, values, s)
-    if seed is not None:
+    if seed is not None and np.isfinite(seed[1][1] * magnitude):
+      seed[1][1] *= magnitude  # the prefix is ["mul", c, ...]
       written.append(seed)
   written.sort(key=lambda w: w[0])
   out, seen = [], set()

@@ -160,3 +160,14 @@ def test_noise_in_y_still_gives_the_law():
   refined = refine.refine([["add", 0.0] + prefix for prefix in found],
                           [fresh] * len(found), [law(fresh)] * len(found))
   assert np.nanmax(refined.r2) > 0.9999
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_y_of_any_finite_size(scale):
+  """Fitted to y / max|y|: squares of y near float64's limits do not overflow."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(1.0, 3.0, (64, 2))
+  y = scale * x[:, 0] * np.exp(-x[:, 1])
+  with np.errstate(all="raise"):
+    found = group_seeds.seeds(x, y)
+  np.testing.assert_allclose(expressions.evaluate(found[0], x), y, rtol=1e-9)
