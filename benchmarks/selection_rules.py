@@ -29,20 +29,26 @@ RULES = {
     "penalized 1e-3": dict(rule="penalized", complexity_penalty=1e-3),
     "penalized 1e-4": dict(rule="penalized", complexity_penalty=1e-4),
     "penalized 1e-5": dict(rule="penalized", complexity_penalty=1e-5),
-    "simplest 1e-3": dict(rule="simplest", r2_tolerance=1e-3, relative_tolerance=0.0),
-    "simplest 1e-4": dict(rule="simplest", r2_tolerance=1e-4, relative_tolerance=0.0),
-    "simplest 1e-5": dict(rule="simplest", r2_tolerance=1e-5, relative_tolerance=0.0),
+    "simplest 1e-3": dict(rule="simplest", r2_tolerance=1e-3, relative_tolerance=0.0,
+                          error_ratio=float("inf")),
+    "simplest 1e-4": dict(rule="simplest", r2_tolerance=1e-4, relative_tolerance=0.0,
+                          error_ratio=float("inf")),
+    "simplest 1e-5": dict(rule="simplest", r2_tolerance=1e-5, relative_tolerance=0.0,
+                          error_ratio=float("inf")),
     "simplest 1e-4, relative 0.1 (uncapped, before)": dict(
-        rule="simplest", r2_tolerance=1e-4, max_tolerance=float("inf")),
+        rule="simplest", r2_tolerance=1e-4, max_tolerance=float("inf"),
+        error_ratio=float("inf")),
     "simplest 1e-4, relative 0.5 (uncapped)": dict(
         rule="simplest", r2_tolerance=1e-4, relative_tolerance=0.5,
-        max_tolerance=float("inf")),
-    "simplest 1e-4, relative 0.1, at most 3e-4 (default)": dict(
+        max_tolerance=float("inf"), error_ratio=float("inf")),
+    "simplest 1e-4, relative 0.1, at most 3e-4 (before)": dict(
+        rule="simplest", r2_tolerance=1e-4, max_tolerance=3e-4, error_ratio=float("inf")),
+    "simplest 1e-4, relative 0.1, at most 3e-4, ratio 1e3 near exact fits (default)": dict(
         rule="simplest", r2_tolerance=1e-4, max_tolerance=3e-4),
     "simplest 1e-4, relative 0.1, at most 1e-3": dict(
-        rule="simplest", r2_tolerance=1e-4, max_tolerance=1e-3),
+        rule="simplest", r2_tolerance=1e-4, max_tolerance=1e-3, error_ratio=float("inf")),
     "simplest 1e-4, relative 0.1, at most 3e-3": dict(
-        rule="simplest", r2_tolerance=1e-4, max_tolerance=3e-3),
+        rule="simplest", r2_tolerance=1e-4, max_tolerance=3e-3, error_ratio=float("inf")),
 }
 
 

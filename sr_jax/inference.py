@@ -136,6 +136,10 @@ class InferenceConfig:
   # noise's share, and 10% of it let simpler, wrong formulas win (Feynman at SRBench's
   # noise 0.1: R2 > 0.99 71.8% uncapped, 78.6% capped; BENCHMARKS.md).
   max_tolerance: float = 3e-4
+  # ... and near an exact fit at most error_ratio times the best formula's 1 - R2: an
+  # exact law is kept over a shorter approximation (Feynman at 2 s: 11 of 117 laws;
+  # BENCHMARKS.md).
+  error_ratio: float = 1e3
   max_reported: int = 32  # candidates kept in each dataset's table
   # Evolutionary search after refinement (search.py): seconds per dataset (0: off),
   # and its knobs (search.generations > 0 runs that many generations instead).
@@ -170,6 +174,11 @@ class InferenceConfig:
            self.max_reported, self.screen_keep) < 1 or min(
                self.num_refine, self.screen_points, self.decode_batch) < 0:
       raise ValueError(f"sizes must be positive: {self}")
+    if min(self.r2_tolerance, self.relative_tolerance, self.max_tolerance,
+           self.error_ratio) < 0:
+      raise ValueError("the selection's tolerances and error_ratio must be >= 0: "
+                       f"{self.r2_tolerance}, {self.relative_tolerance}, "
+                       f"{self.max_tolerance}, {self.error_ratio}")
     if self.search_time < 0:
       raise ValueError(f"search_time must be >= 0 seconds, got {self.search_time}")
     if self.max_points_per_bag > 200:
@@ -654,7 +663,7 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
     order_score = selection.selection_score(priced, complexity, config.selection,
                                             config.complexity_penalty, config.r2_tolerance,
                                             config.relative_tolerance,
-                                            config.max_tolerance)
+                                            config.max_tolerance, config.error_ratio)
     order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
     rows = [Candidate(tuple(pool[j].prefix), pool[j].refined, float(pool[j].mse),
                       float(pool[j].r2), int(complexity[j]), float(order_score[j]),

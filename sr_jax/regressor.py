@@ -67,9 +67,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   reaches a machine-dependent number of generations);
   selection: the model-selection rule among the candidates: 'simplest' (the shortest
   formula whose R2 is within r2_tolerance of the best, or within relative_tolerance
-  of the best one's error 1 - R2 where that is more, up to max_tolerance: on Feynman,
-  the same accuracy as the most accurate formula at 5 SRBench nodes fewer, also with
-  noise in y), 'r2' (the most accurate,
+  of the best one's error 1 - R2 where that is more, up to max_tolerance, and near an
+  exact fit within error_ratio times its error: on Feynman, the same accuracy as the
+  most accurate formula at 5 SRBench nodes fewer, also with noise in y, and exact
+  laws kept over shorter approximations), 'r2' (the most accurate,
   E2E's rule) or 'penalized' (R2 minus complexity_penalty per node). Every rule prices
   a formula that is not finite just outside the data (the box widened by 10% of each
   feature's range) as 1e-3 of R2 worse, and picks from formulas tidied of constants
@@ -93,6 +94,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                search_generations: int = 0, selection: str = "simplest",
                complexity_penalty: float = 1e-3, r2_tolerance: float = 1e-4,
                relative_tolerance: float = 0.1, max_tolerance: float = 3e-4,
+               error_ratio: float = 1e3,
                max_time: float | None = None,
                float64: bool = True, random_state: int | None = None):
     self.pretrained = pretrained
@@ -113,6 +115,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.r2_tolerance = r2_tolerance
     self.relative_tolerance = relative_tolerance
     self.max_tolerance = max_tolerance
+    self.error_ratio = error_ratio
     self.max_time = max_time
     self.float64 = float64
     self.random_state = random_state
@@ -132,7 +135,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         search=search.SearchConfig(generations=self.search_generations, seed=seed),
         selection=self.selection, complexity_penalty=self.complexity_penalty,
         r2_tolerance=self.r2_tolerance, relative_tolerance=self.relative_tolerance,
-        max_tolerance=self.max_tolerance,
+        max_tolerance=self.max_tolerance, error_ratio=self.error_ratio,
         float64=self.float64, max_time=self.max_time,
         seed=seed)
 

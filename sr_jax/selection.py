@@ -21,6 +21,8 @@ from sr_jax import expressions
 from sr_jax import interpreter
 
 SELECTION_RULES = ("r2", "penalized", "simplest")
+# The R2 that any formula may give up to an exact fit: float64 rounding of the scores.
+EXACT_SLACK = 1e-10
 # Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
 _ELEMENT_BUDGET = 1 << 24
 
@@ -137,7 +139,8 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
                     complexity_penalty: float = 1e-3,
                     r2_tolerance: float = 1e-4,
                     relative_tolerance: float = 0.1,
-                    max_tolerance: float = 3e-4) -> np.ndarray:
+                    max_tolerance: float = 3e-4,
+                    error_ratio: float = 1e3) -> np.ndarray:
   """Higher is better, within one dataset's candidates.
 
   'r2': E2E's rule, the most accurate. 'penalized': R2 minus a price per prefix node, so
@@ -151,7 +154,12 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
   above 1, the shortest highest (ties: the more accurate), and the rest score their
   R2. On 117 Feynman problems at 2 s of search r2_tolerance alone picked formulas of
   median SRBench size 18 instead of 22 at the same R2 > 0.99 and > 0.999 rates, and
-  relative_tolerance 0.1 17 (15 uncapped; BENCHMARKS.md).
+  relative_tolerance 0.1 17 (15 uncapped; BENCHMARKS.md). Near an exact fit the
+  tolerance shrinks: a shorter formula's 1 - R2 may exceed the best one's by at most
+  error_ratio times it (but EXACT_SLACK always: float64's rounding), so an exact law
+  (1 - R2 = 1e-16) is not traded for a shorter approximation at 1 - R2 = 3e-5, which
+  r2_tolerance alone let win on 11 of 117 Feynman problems (m0 / sqrt(1 - v^2 / c^2)
+  for m0 (1 + 0.5 v^2 / c^2)-like series; BENCHMARKS.md).
   """
   r2 = np.asarray(r2, np.float64)
   if rule == "r2":
@@ -163,7 +171,9 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
     if not finite.any():
       return r2
     best = r2[finite].max()
-    slack = max(r2_tolerance, min(relative_tolerance * (1 - best), max_tolerance))
+    error = max(1 - best, np.finfo(np.float64).eps)  # no R2 is closer to 1
+    floor = min(r2_tolerance, max(error_ratio * error, EXACT_SLACK))
+    slack = max(floor, min(relative_tolerance * error, max_tolerance))
     within = finite & (r2 >= best - slack)
     shortness = 1 + 1 / (1 + np.asarray(complexity, np.float64))
     return np.where(within, shortness + 1e-6 * np.where(finite, r2, 0), r2)

@@ -6,7 +6,11 @@ q v (-2.78 B sin(theta - pi) + 2.78 Ef / v) or m_0 - 0.16 m_0 v / c + 0.89 m_0 v
 where pulling out the common factors (sympy's factor_terms), multiplying out
 (expand), or both, gives the same function in fewer nodes: q (B v sin(theta) + Ef),
 m_0 (1 - 0.16 v / c + 0.89 v^2 / c^2). Constants that such a rewrite multiplies into an
-integer up to rounding (0.359 * 2.784 = 1.0000000000001) become that integer.
+integer up to rounding (0.359 * 2.784 = 1.0000000000001) become that integer, and so
+do constants within 1e-8 of a fraction with a small denominator (0.33333333068 -> 1/3:
+the refinement stops short of the exact value), which the model string then writes
+exactly (alpha n / 3, sin(k d / 2)); at equal size the form with fewer inexact
+constants wins.
 
 Before rewriting, constants that differ only in their last bits (the refinement fits
 each copy of a repeated weight on its own: 6.23357021839918 and 6.233570218399183) are
@@ -40,8 +44,12 @@ from sr_jax import expressions, metrics
 # A rewrite that multiplies out more terms than this is not tried: expanding
 # (a + b + c)^3 (a + b)^3 is slow in sympy and never shorter.
 MAX_EXPANDED_TERMS = 64
-# Relative distance to an integer under which a rewritten constant is that integer.
+# Relative distance to a multiple of pi / 2 under which a constant is that multiple.
 INTEGER_TOLERANCE = 1e-9
+# Relative distance to an integer or a fraction with a small denominator (n / 3) under
+# which a rewritten constant is that number: the refinement leaves 1/3 as 0.33333333068
+# (II.11.27), and the check on the dataset's values refuses a rounding that matters.
+FRACTION_TOLERANCE = 1e-8
 # Relative distance under which two constants are one value fitted twice.
 SAME_TOLERANCE = 1e-12
 # Relative agreement, on the dataset's points, of a rewrite with the formula.
@@ -126,16 +134,27 @@ def _constants_snapped(expr: sympy.Expr) -> sympy.Expr:
   return expr.xreplace(snapped) if snapped else expr
 
 
-def _integers_rounded(expr: sympy.Expr) -> sympy.Expr:
-  """Floats within INTEGER_TOLERANCE (relative) of a nonzero integer become it."""
+def _fractions_rounded(expr: sympy.Expr) -> sympy.Expr:
+  """Floats within FRACTION_TOLERANCE (relative) of a nonzero p / q, q in
+  expressions.SMALL_DENOMINATORS, become that fraction (the smallest q first)."""
   rounded = {}
   for number in expr.atoms(sympy.Float):
-    if not abs(float(number)) < 2.0 ** 53:  # beyond float64's integers, or inf
+    value = float(number)
+    if not abs(value) < 2.0 ** 53:  # beyond float64's integers, or inf
       continue
-    nearest = round(float(number))
-    if nearest and abs(float(number) - nearest) <= INTEGER_TOLERANCE * abs(nearest):
-      rounded[number] = sympy.Integer(nearest)
+    for denominator in expressions.SMALL_DENOMINATORS:
+      numerator = round(value * denominator)
+      if numerator and abs(value * denominator - numerator) <= (
+          FRACTION_TOLERANCE * abs(numerator)):
+        rounded[number] = sympy.Rational(numerator, denominator)
+        break
   return expr.xreplace(rounded) if rounded else expr
+
+
+def _inexact_constants(prefix: expressions.Prefix) -> int:
+  """Constants the model string writes as floats, not as exact fractions."""
+  return sum(1 for token in prefix
+             if not isinstance(token, str) and not expressions.is_small_fraction(token))
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
@@ -153,18 +172,20 @@ def srbench_size(prefix: expressions.Prefix, num_features: int) -> int:
 
 
 def simplified(prefix: expressions.Prefix, x: np.ndarray) -> list:
-  """The smallest of prefix and its exact rewrites (by SRBench size, then tokens)
-  that evaluates like prefix on x (N x D); prefix itself when none does."""
+  """The smallest of prefix and its exact rewrites (by SRBench size, then tokens, then
+  constants written as floats: 0.333333330677938 as 1/3) that evaluates like prefix
+  on x (N x D); prefix itself when none does."""
   prefix = list(prefix)
   num_features = x.shape[1]
   symbols = expressions.default_symbols(num_features)
   values = expressions.evaluate(prefix, x)
-  best, best_size = prefix, srbench_size(prefix, num_features)
+  rank = lambda p: (srbench_size(p, num_features), len(p), _inexact_constants(p))
+  best, best_rank = prefix, rank(prefix)
   expr = _constants_snapped(expressions.to_sympy(prefix, symbols))
   tried = set()
   for rewrite in REWRITES:
     try:
-      candidate = expressions.from_sympy(_integers_rounded(rewrite(expr)), symbols)
+      candidate = expressions.from_sympy(_fractions_rounded(rewrite(expr)), symbols)
     except (expressions.ExpressionError, ArithmeticError, RecursionError, TypeError,
             ValueError):
       continue  # a form outside the operator set, a non-real or overflowing constant
@@ -172,9 +193,9 @@ def simplified(prefix: expressions.Prefix, x: np.ndarray) -> list:
     if key in tried or len(candidate) > len(prefix):
       continue
     tried.add(key)
-    size = srbench_size(candidate, num_features)
-    if ((size, len(candidate)) < (best_size, len(best))
+    candidate_rank = rank(candidate)
+    if (candidate_rank < best_rank
         and _same_values(values, expressions.evaluate(candidate, x))):
-      best, best_size = candidate, size
+      best, best_rank = candidate, candidate_rank
   return best
 

@@ -8,6 +8,7 @@ import sympy
 
 from random_trees import random_prefix
 from sr_jax import expressions as ex
+from sr_jax import metrics
 
 SYMBOLS = ex.default_symbols(3)
 
@@ -180,6 +181,31 @@ def test_model_string_uses_column_names():
                                              "theta": sympy.Symbol("theta")})
   theta = sympy.Symbol("theta")
   assert sympy.simplify(parsed - (0.5 + 2.0 * sympy.cos(theta))) == 0
+
+
+def test_small_fractions_are_written_exactly():
+  """SRBench's check (metrics.symbolic_solution) cannot cancel 1.0 against the true
+  formula's 1, nor sin(0.5*k*d) against sin(k*d/2): a law found exactly must read with
+  integers and fractions."""
+  prefix = ["div", "x_0", "sqrt", "sub", 1.0, "div", "pow2", "x_1", "pow2", "x_2"]
+  names = ["m_0", "v", "c"]
+  text = ex.model_string(prefix, names)
+  assert text == "m_0/sqrt(1 - v**2/c**2)"
+  truth = "m_0/sqrt(1-v**2/c**2)"
+  assert metrics.symbolic_solution(text, truth, names).solved
+  assert not metrics.symbolic_solution(text.replace("1 -", "1.0 -"), truth, names).solved
+  # Likewise halves, thirds and quarters, exactly as float64 holds them, and no others.
+  assert ex.model_string(["sin", "mul", 0.5, "x_0"], ["x"]) == "sin(x/2)"
+  assert ex.model_string(["mul", 1 / 3, "x_0"], ["x"]) == "x/3"
+  assert ex.model_string(["mul", -2.25, "x_0"], ["x"]) == "-9*x/4"
+  assert ex.model_string(["mul", -3.0, "x_0"], ["x"]) == "-3*x"
+  assert ex.model_string(["mul", 0.2, "x_0"], ["x"]) == "0.2*x"
+  assert ex.model_string(["mul", 0.3333333, "x_0"], ["x"]) == "0.3333333*x"
+  assert ex.model_string(["mul", 2.0 ** 60, "x_0"], ["x"]) == "1.15292150460685e+18*x"
+  names = ["U", "k", "d"]
+  text = ex.model_string(["mul", 4.0, "mul", "x_0", "pow2", "sin", "mul", 0.5, "mul",
+                          "x_1", "x_2"], names)
+  assert metrics.symbolic_solution(text, "2*U*(1-cos(k*d))", names).solved
 
 
 def test_helpers():

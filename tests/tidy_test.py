@@ -136,6 +136,41 @@ def test_simplest_rule_picks_the_shortest_within_the_tolerance():
     selection.selection_score(r2, complexity, "best")
 
 
+def test_near_an_exact_fit_the_slack_shrinks_to_a_ratio_of_its_error():
+  # An exact fit (1 - R2 = 1e-16) and a shorter formula 3e-5 worse: r2_tolerance (1e-4)
+  # alone takes the shorter one, error_ratio keeps the exact one; both agree when the
+  # best fit is rough (1 - R2 = 1e-2), and float64's rounding (1e-13) is always slack.
+  complexity = np.array([8, 6])
+  exact = np.array([1 - 1e-16, 1 - 3e-5])
+  assert np.argmax(selection.selection_score(exact, complexity, "simplest")) == 0
+  assert np.argmax(selection.selection_score(exact, complexity, "simplest",
+                                             error_ratio=np.inf)) == 1
+  rough = np.array([0.99, 0.99 - 3e-5])
+  assert np.argmax(selection.selection_score(rough, complexity, "simplest")) == 1
+  rounding = np.array([1.0, 1 - 1e-13])
+  assert np.argmax(selection.selection_score(rounding, complexity, "simplest")) == 1
+  with pytest.raises(ValueError, match="error_ratio must be >= 0"):
+    inference.InferenceConfig(error_ratio=-1.0)
+
+
+def test_an_exact_law_is_kept_over_a_shorter_approximation():
+  """2 / sqrt(1 - x^2) on [0, 0.2] and its series 2 + x^2 (refined: R2 0.99994, within
+  r2_tolerance): the selection keeps the law, exact on new points (numpy the oracle)."""
+  rng = np.random.default_rng(0)
+  law = lambda x: 2 / np.sqrt(1 - x[:, 0] ** 2)
+  x, x_test = rng.uniform(0, 0.2, size=(500, 1)), rng.uniform(0, 0.2, size=(200, 1))
+  propose = lambda bags: [[["mul", 2.0, "inv", "sqrt", "sub", 1.0, "pow2", "x_0"],
+                           ["add", 2.0, "mul", 1.0, "pow2", "x_0"]] for _ in bags]
+  test_r2 = {}
+  for ratio in (1e3, np.inf):
+    config = inference.InferenceConfig(error_ratio=ratio, views=("raw",))
+    result = inference.run(None, [(x, law(x))], config, propose=propose).results[0]
+    y_test = law(x_test)
+    test_r2[ratio] = 1 - np.mean((result.predict(x_test) - y_test) ** 2) / np.var(y_test)
+  assert test_r2[1e3] > 1 - 1e-12
+  assert 0.9999 < test_r2[np.inf] < 1 - 1e-5
+
+
 def test_noise_in_y_does_not_let_a_simpler_wrong_formula_win():
   """With noise, the true law's training error is the noise's (1 - R2 = 0.1 here), so
   10% of it would let x0 alone (0.005 worse) pass for the law; the capped slack keeps
