@@ -231,18 +231,26 @@ def _sympy_number(value: float) -> sympy.Number:
   truths write such halves as /2, and their float coefficients (Strogatz's 0.5*x**2,
   0.1*sin(y)**2) stand where sympy matches either form, or are no small fraction.
   """
-  value = float(value)
-  if abs(value) < 2.0 ** 53:  # beyond, every float is an integer
-    for denominator in SMALL_DENOMINATORS:
-      numerator = round(value * denominator)
-      if numerator / denominator == value:
-        return sympy.Rational(numerator, denominator)
-  return sympy.Float(value)
+  fraction = small_fraction(float(value))
+  return sympy.Float(value) if fraction is None else fraction
+
+
+def small_fraction(value: float, tolerance: float = 0.0) -> sympy.Rational | None:
+  """The fraction p / q, q in SMALL_DENOMINATORS (the smallest first), within
+  `tolerance` (relative) of value; with 0, value must be the float64 nearest to p / q.
+  None where there is none, and beyond float64's integers, for inf and nan."""
+  if not abs(value) < 2.0 ** 53:  # beyond, every float is an integer
+    return None
+  for denominator in SMALL_DENOMINATORS:
+    numerator = round(value * denominator)
+    if abs(value - numerator / denominator) <= tolerance * abs(value):
+      return sympy.Rational(numerator, denominator)
+  return None
 
 
 def is_small_fraction(value: float) -> bool:
   """Whether the constant is written as an exact fraction (see _sympy_number)."""
-  return not isinstance(_sympy_number(value), sympy.Float)
+  return small_fraction(float(value)) is not None
 
 
 def _integer_power(base: list[Token], n: int) -> list[Token]:

@@ -135,19 +135,13 @@ def _constants_snapped(expr: sympy.Expr) -> sympy.Expr:
 
 
 def _fractions_rounded(expr: sympy.Expr) -> sympy.Expr:
-  """Floats within FRACTION_TOLERANCE (relative) of a nonzero p / q, q in
+  """Floats within FRACTION_TOLERANCE (relative) of p / q, q in
   expressions.SMALL_DENOMINATORS, become that fraction (the smallest q first)."""
   rounded = {}
   for number in expr.atoms(sympy.Float):
-    value = float(number)
-    if not abs(value) < 2.0 ** 53:  # beyond float64's integers, or inf
-      continue
-    for denominator in expressions.SMALL_DENOMINATORS:
-      numerator = round(value * denominator)
-      if numerator and abs(value * denominator - numerator) <= (
-          FRACTION_TOLERANCE * abs(numerator)):
-        rounded[number] = sympy.Rational(numerator, denominator)
-        break
+    fraction = expressions.small_fraction(float(number), FRACTION_TOLERANCE)
+    if fraction is not None:
+      rounded[number] = fraction
   return expr.xreplace(rounded) if rounded else expr
 
 

@@ -119,10 +119,10 @@ def test_constants_a_hair_from_a_small_fraction_become_it():
   x = np.random.default_rng(6).uniform(0, 1, size=(128, 4))
   found = ["div", "mul", "mul", "mul", "x_3", "x_1", "x_2", "x_0",
            "add", 1.0, "mul", -0.333333330677938, "mul", "x_1", "x_0"]
-  assert not inference_free_check(found, truth, names)
+  assert not _srbench_solved(found, truth, names)
   rounded = simplify.simplified(found, x)
   assert {1 / 3, -1 / 3} & {t for t in rounded if not isinstance(t, str)}
-  assert inference_free_check(rounded, truth, names)
+  assert _srbench_solved(rounded, truth, names)
   np.testing.assert_allclose(_values(rounded, x), _values(found, x), rtol=1e-7)
   near = found[:11] + [-0.3334] + found[12:]
   assert simplify.simplified(near, x) == near
@@ -132,7 +132,8 @@ def test_constants_a_hair_from_a_small_fraction_become_it():
   assert simplify.simplified(found, steep) == found
 
 
-def inference_free_check(prefix, truth, names) -> bool:
+def _srbench_solved(prefix, truth, names) -> bool:
+  """SRBench's check (the oracle) of the prefix's model string against the truth."""
   return metrics.symbolic_solution(expressions.model_string(prefix, names), truth, names,
                                    1.0).solved
 
