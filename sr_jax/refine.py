@@ -396,14 +396,15 @@ def _advance(carry, queue_buffers, queue_length, last, config, layout):
 # host side: inputs, starts, groups of equal shapes, slot scheduling, best start
 
 
-def _start_constants(constants: np.ndarray, config: RefineConfig,
+def _start_constants(constants: np.ndarray, held: np.ndarray, config: RefineConfig,
                      rng: np.random.Generator) -> list[np.ndarray]:
-  """The given constants, then n_starts - 1 perturbations of them."""
+  """The given constants, then n_starts - 1 perturbations of the ones not held."""
   starts = [constants]
   for _ in range(config.n_starts - 1):
     noise = rng.standard_normal((2, constants.size))
-    starts.append(constants * np.exp(config.start_log_scale * noise[0])
-                  + config.start_shift * noise[1])
+    starts.append(np.where(held, constants,
+                           constants * np.exp(config.start_log_scale * noise[0])
+                           + config.start_shift * noise[1]))
   return starts
 
 
@@ -469,10 +470,10 @@ class _Queue:
     self.buffers = [np.zeros((rows, width), d) for d, width in zip(group_dtypes, widths)]
     self.arrays = _unpack(self.buffers, self.layout)
 
-  def fill(self, program, members: range, starts, data, budgets) -> None:
+  def fill(self, program, members: range, starts, held, data, budgets) -> None:
     """Rows 0.. of this (new, zeroed) queue: entries `members` of the program, their
-    start constants, datasets and iteration budgets. Vectorised: filling row by row
-    was a fifth of the search's time."""
+    start constants (those `held` are not fitted), datasets and iteration budgets.
+    Vectorised: filling row by row was a fifth of the search's time."""
     a, n = self.arrays, len(members)
     rows = slice(members.start, members.stop)
     for name, source in (("opcode", program.opcode_BxL), ("left", program.left_BxL),
@@ -481,10 +482,10 @@ class _Queue:
       a[name][:n] = source[rows]
     a["budget"][:n], a["entry"][:n] = budgets, members
     sizes = np.array([start.size for start in starts])
-    active = np.arange(a["active"].shape[1]) < sizes[:, None]
-    a["active"][:n] = active
+    present = np.arange(a["active"].shape[1]) < sizes[:, None]
+    a["active"][:n][present] = ~np.concatenate(held) if n else []
     with np.errstate(over="ignore"):  # beyond float32: a NON_FINITE start, handled
-      a["start"][:n][active] = np.concatenate(starts) if n else []
+      a["start"][:n][present] = np.concatenate(starts) if n else []
     # Datasets are shared by many entries: pad each one once, then gather.
     index, padded = {}, []
     for d in data:
@@ -524,9 +525,10 @@ def _device_config(config: RefineConfig) -> RefineConfig:
   return dataclasses.replace(config, **{n: getattr(default, n) for n in host_only})
 
 
-def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
-  """Streams entries (one program row each, at most budgets[e] iterations) through the
-  slots; returns per entry constants, loss (MSE), converged flag and iterations."""
+def _refine_stream(program, starts, held, data, budgets, num_points, config, dtype):
+  """Streams entries (one program row each, at most budgets[e] iterations, the
+  constants held[e] fixed) through the slots; returns per entry constants, loss (MSE),
+  converged flag and iterations."""
   num_entries, num_nodes, num_slots = program.shape
   batch = min(config.batch_size, max(8, 1 << (num_entries - 1).bit_length()))
   device_config = _device_config(config)
@@ -535,8 +537,8 @@ def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
     # A new queue each call: the device may still be copying the previous one.
     queue = _Queue(config.queue_size, num_nodes, num_slots, num_points, dtype)
     end = min(begin + config.queue_size, num_entries)
-    queue.fill(program, range(begin, end), starts[begin:end], data[begin:end],
-               budgets[begin:end])
+    queue.fill(program, range(begin, end), starts[begin:end], held[begin:end],
+               data[begin:end], budgets[begin:end])
     buffers = queue.device()
     if carry is None:
       carry = _blank_carry(buffers, batch=batch, config=device_config, layout=queue.layout)
@@ -560,7 +562,8 @@ def _refine_stream(program, starts, data, budgets, num_points, config, dtype):
 
 def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
            ys: Sequence[np.ndarray], config: RefineConfig = RefineConfig(),
-           check: bool = True) -> RefineResult:
+           check: bool = True, held: Sequence[np.ndarray] | None = None
+           ) -> RefineResult:
   """Refines the constants of prefixes[i] to minimise MSE on (xs[i], ys[i]).
 
   Each dataset is N_i x D_i (a B x N x D array works too); only its first
@@ -568,19 +571,41 @@ def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
   are the starting point. Runs in float32, or with x64 enabled in float64 (after
   float32 iterations unless config.polish_iters is 0, see `_refine_mixed`).
   check=False skips validating prefixes that are valid by construction and read only
-  their dataset's features (the search's offspring).
+  their dataset's features (the search's offspring). held[i]: a mask over prefixes[i]'s
+  constants (in prefix order) that keep their given values (tidy.py refits the rest
+  of a formula after rounding one constant).
   """
   if not len(prefixes) == len(xs) == len(ys):
     raise ValueError(f"{len(prefixes)} prefixes, {len(xs)} x and {len(ys)} y")
+  held = _held_masks(prefixes, held)
+  if not prefixes:
+    return RefineResult([], [], np.zeros(0), np.zeros(0), np.zeros(0, np.int32),
+                        np.zeros(0, np.int32))
   if config.polish_iters and interpreter.float_dtype() == jnp.float64:
-    return _refine_mixed(prefixes, xs, ys, config)
-  return _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), check)
+    return _refine_mixed(prefixes, xs, ys, config, held)
+  return _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), held,
+                 check)
+
+
+def _held_masks(prefixes, held) -> list[np.ndarray]:
+  """One bool mask per prefix over its constants (all False when held is None)."""
+  counts = [expressions.num_constants(p) for p in prefixes]
+  if held is None:
+    return [np.zeros(n, bool) for n in counts]
+  if len(held) != len(prefixes):
+    raise ValueError(f"{len(held)} held masks for {len(prefixes)} prefixes")
+  masks = [np.asarray(h, bool).reshape(-1) for h in held]
+  for i, (mask, n) in enumerate(zip(masks, counts)):
+    if mask.size != n:
+      raise ValueError(f"held mask {i} has {mask.size} entries for {n} constants")
+  return masks
 
 
 def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
-            check: bool = True) -> RefineResult:
+            held: Sequence[np.ndarray], check: bool = True) -> RefineResult:
   """refine() in the current precision, with at most budgets[i] iterations for
-  prefixes[i] (the budget is data, not part of the compiled program)."""
+  prefixes[i] (the budget is data, not part of the compiled program) and the
+  constants held[i] fixed."""
   rng = np.random.default_rng(config.seed)
   dtype = interpreter.float_dtype()
   prepared = {}  # one copy per dataset, not per candidate
@@ -605,7 +630,7 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   entries = []  # (expression index, start constants)
   for i, prefix in enumerate(prefixes):
     constants = np.array([t for t in prefix if not isinstance(t, str)], np.float64)
-    entries += [(i, c) for c in _start_constants(constants, config, rng)]
+    entries += [(i, c) for c in _start_constants(constants, held[i], config, rng)]
   # One shape for the whole call (one compiled program). Slots refilled together
   # should need as many point chunks and nodes: sort by both, largest first, so the
   # last slots to finish run short programs.
@@ -627,6 +652,7 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
         program = compiler.compile_batch([prefixes[entries[e][0]] for e in part],
                                          num_nodes, num_constants, check=False)
         return _refine_stream(program, [entries[e][1] for e in part],
+                              [held[entries[e][0]] for e in part],
                               [data[entries[e][0]] for e in part],
                               [budgets[entries[e][0]] for e in part], num_points, config,
                               dtype)
@@ -646,7 +672,8 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   for e, (i, start) in enumerate(entries):
     if e in outputs:
       constants, loss, converged, iterations = outputs[e]
-      constants = constants[:start.size].astype(np.float64)
+      # Held values as given, not as the working dtype rounded them.
+      constants = np.where(held[i], start, constants[:start.size].astype(np.float64))
     else:
       constants, loss, converged, iterations = start, np.nan, False, 0
     rank = loss if np.isfinite(loss) else np.inf
@@ -676,7 +703,8 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
       iterations=np.array([best[i][4] for i in range(len(prefixes))], np.int32))
 
 
-def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
+def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
+                  held: Sequence[np.ndarray]) -> RefineResult:
   """float32 iterations, then a float64 polish: LM converges quadratically near a
   minimum, so a few float64 steps from the float32 result reach float64 accuracy.
   Where float32 fails (the expression overflows its range, or the data does: float32
@@ -688,7 +716,7 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
   14.1% of 256 datasets); on perturbed generated expressions 1.3x faster, at 0.4
   points more R2 > 0.99. Iterations count both stages."""
   with jax.enable_x64(False):
-    rough = _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes))
+    rough = _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), held)
   all_points = _float32_keeps_every_point(xs, ys, config.max_points)
   usable = [bool(np.isfinite(loss) and np.all(np.isfinite(c)) and complete)
             for c, loss, complete in zip(rough.constants, rough.loss, all_points)]
@@ -701,7 +729,7 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
                  list(xs) + [xs[i] for i in polished], list(ys) + [ys[i] for i in polished],
                  dataclasses.replace(config, n_starts=1),
                  [config.polish_iters if ok else config.max_iters for ok in usable]
-                 + [0] * len(polished))
+                 + [0] * len(polished), list(held) + [held[i] for i in polished])
   n = len(prefixes)
   polish = RefineResult(**{f.name: getattr(both, f.name)[:n]
                            for f in dataclasses.fields(RefineResult)})
@@ -711,7 +739,7 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig) -> RefineResult:
   if again:
     redo = _refine([prefixes[i] for i in again], [xs[i] for i in again],
                    [ys[i] for i in again], dataclasses.replace(config, n_starts=1),
-                   [config.max_iters] * len(again))
+                   [config.max_iters] * len(again), [held[i] for i in again])
     polish = RefineResult(**{
         field.name: _replace_at(getattr(polish, field.name), again, getattr(redo, field.name))
         for field in dataclasses.fields(RefineResult)})

@@ -230,3 +230,25 @@ def test_mixed_precision_never_ends_worse_than_its_start():
   finite = np.isfinite(starting)
   assert finite.sum() >= 20
   assert np.all(result.loss[finite] <= starting[finite] * (1 + 1e-12))
+
+
+@pytest.mark.parametrize("method,polish", [("lm", 0), ("lm", 5), ("lbfgs", 0)])
+def test_held_constants_keep_their_values_and_the_rest_fit_around_them(method, polish):
+  """y = 3 x + 0.5 fitted as c0 x + c1 with c1 held at 1/3: c0 is the least-squares
+  slope of y - 1/3 on x (numpy's oracle), c1 stays exactly 1/3 even through float32."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(1, 2, size=(100, 1))
+  y = 3 * x[:, 0] + 0.5
+  prefix = ["add", "mul", 1.0, "x_0", 1 / 3]
+  slope = np.linalg.lstsq(x, y - 1 / 3, rcond=None)[0][0]
+  config = refine.RefineConfig(method=method, polish_iters=polish, max_iters=200,
+                               n_starts=2)
+  with jax.enable_x64(True):
+    held = refine.refine([prefix, prefix], [x, x], [y, y], config,
+                         held=[np.array([False, True]), np.array([True, True])])
+  assert held.constants[0][1] == 1 / 3
+  np.testing.assert_allclose(held.constants[0][0], slope, rtol=1e-6)
+  assert list(held.constants[1]) == [1.0, 1 / 3]  # all held: evaluated as given
+  np.testing.assert_allclose(held.loss[1], np.mean((x[:, 0] + 1 / 3 - y)**2), rtol=1e-9)
+  with pytest.raises(ValueError, match="held mask 0 has 1 entries for 2 constants"):
+    refine.refine([prefix], [x], [y], held=[np.array([True])])

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from sr_jax import expressions, inference, search, selection, tidy, variation
+from sr_jax import (expressions, inference, metrics, refine, search, selection, tidy,
+                    variation)
 
 
 def _values(prefix, x):
@@ -67,12 +68,15 @@ def test_tidy_removes_what_does_nothing_and_keeps_what_matters():
       # 1/(4 pi) is not round: it stays, and so does the needed offset.
       (["add", 2.5, "mul", 0.07957747154594767, "div", "x_0", "pow2", "x_1"],
        lambda x: 2.5 + x[:, 0] / (4 * np.pi * x[:, 1]**2),
-       "2.5 + 0.07957747154594767*x_0/x_1**2"),
+       "2.5 + 0.0795774715459*x_0/x_1**2"),
   ]
   with jax.enable_x64(True):
     out = tidy.tidy([f for f, _, _ in formulas], [0, 1, 2], [x] * 3,
                     [law(x) for _, law, _ in formulas])
-  assert [expressions.to_infix(p) for p in out] == [t for _, _, t in formulas]
+  # The refit may move a constant in its last bits (0.0795 -> 0.07949999999999997).
+  written = lambda p: expressions.to_infix(
+      [t if isinstance(t, str) else float(f"{t:.12g}") for t in p])
+  assert [written(p) for p in out] == [t for _, _, t in formulas]
 
 
 def test_tidy_never_lengthens_nor_exceeds_the_tolerance():
@@ -84,13 +88,17 @@ def test_tidy_never_lengthens_nor_exceeds_the_tolerance():
   config = tidy.TidyConfig()
   with jax.enable_x64(True):
     out = tidy.tidy(formulas, [0] * len(formulas), [x], [y], config)
-    before = selection.score(formulas, [0] * len(formulas), [x], [y]).mse / np.var(y)
-    after = selection.score(out, [0] * len(out), [x], [y]).mse / np.var(y)
+    # Judged on the first max_points points (here all 200).
+    judged = [x[:config.max_points]], [y[:config.max_points]]
+    variance = np.var(judged[1][0])
+    before = selection.score(formulas, [0] * len(formulas), *judged).mse / variance
+    after = selection.score(out, [0] * len(out), *judged).mse / variance
   finite = np.isfinite(before)
   assert finite.sum() > 50
   assert all(len(a) <= len(b) for a, b in zip(out, formulas))
-  limit = np.maximum(before * (1 + config.relative_tolerance),
-                     before + config.absolute_tolerance)
+  allowance = max(config.relative_tolerance,
+                  config.noise_allowance / len(judged[1][0]))
+  limit = np.maximum(before * (1 + allowance), before + config.absolute_tolerance)
   assert np.all(after[finite] <= limit[finite] * (1 + 1e-12))
   assert sum(a != list(b) for a, b in zip(out, formulas)) > 10
   # Not finite on its points: returned as given.
@@ -191,3 +199,48 @@ def test_noise_in_y_does_not_let_a_simpler_wrong_formula_win():
     picked[cap] = ("x_1" in result.best.prefix, test_r2)
   assert picked[3e-4][0] and picked[3e-4][1] > 0.999
   assert not picked[np.inf][0] and picked[np.inf][1] < 0.996
+
+
+def _noisy(law, x, level, rng):
+  """y = law + N(0, level * RMS(law)): SRBench's noise."""
+  return law + rng.normal(0, level * np.sqrt(np.mean(law ** 2)), size=len(law))
+
+
+def test_under_noise_constants_that_only_fit_the_noise_go():
+  """y = 2 x + noise (0.1 of RMS y) on x in [10, 11], found as c0 + c1 x: the fitted
+  intercept is pure noise but pulls the slope (they are almost collinear there), so
+  it can only go with the slope refitted; SRBench's symbolic check is the oracle."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(10, 11, size=(300, 1))
+  y = _noisy(2 * x[:, 0], x, 0.1, rng)
+  found = ["add", 1.0, "mul", 1.0, "x_0"]
+  with jax.enable_x64(True):
+    found = refine.refine([found], [x], [y], refine.RefineConfig(polish_iters=0)).prefixes[0]
+    assert abs(found[1]) > 0.3  # the noise's intercept, and a slope off by as much
+    tidied = {iters: tidy.tidy([found], [0], [x], [y], tidy.TidyConfig(refit_iters=iters))[0]
+              for iters in (0, 10)}
+  solved = lambda p: metrics.symbolic_solution(
+      expressions.model_string(p, ["x"]), "2*x", ["x"]).solved
+  assert not solved(tidied[0]) and solved(tidied[10])
+  # The refitted slope (numpy: 2.0007) is then within the noise of 2.
+  assert abs(np.sum(x[:, 0] * y) / np.sum(x[:, 0] ** 2) - 2) < 1e-3
+  assert tidied[10] == ["mul", 2.0, "x_0"]
+
+
+def test_under_noise_round_constants_are_found_and_needed_ones_kept():
+  """1.02 sin(0.997 x0) + 0.04 x1 + 3.01 for sin(x0) + 3 (noise 0.1): the factor
+  inside sin rounds to 1, the x1 term that only fits noise goes, the offset 3 the law
+  needs stays (as 3 or as its fitted value); SRBench's check is the oracle."""
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-3, 3, size=(400, 2))
+  y = _noisy(np.sin(x[:, 0]) + 3, x, 0.1, rng)
+  found = ["add", 1.0, "add", "mul", 1.0, "sin", "mul", 1.0, "x_0", "mul", 0.0, "x_1"]
+  with jax.enable_x64(True):
+    found = refine.refine([found], [x], [y], refine.RefineConfig(polish_iters=0)).prefixes[0]
+    tidied = tidy.tidy([found], [0], [x], [y])[0]
+  names = ["a", "b"]
+  assert not metrics.symbolic_solution(expressions.model_string(found, names),
+                                       "sin(a) + 3", names).solved
+  assert metrics.symbolic_solution(expressions.model_string(tidied, names),
+                                   "sin(a) + 3", names).solved
+  assert "x_1" not in tidied
