@@ -227,11 +227,12 @@ def tidy(prefixes: Sequence[expressions.Prefix], dataset_ids: Sequence[int],
     if not changes:
       break
     tried_all, excess = judged([c[3] for c in changes], [c[0] for c in changes])
-    best: dict[int, dict[int, tuple[float, float]]] = {}  # formula -> position -> value
+    # formula -> position -> (excess, value) of its first acceptable proposal
+    best: dict[int, dict[int, tuple[float, float]]] = {}
     shortest: dict[int, list] = {}
     for (i, position, value, _), tried, ratio in zip(changes, tried_all, excess):
       if ratio <= 1:
-        best.setdefault(i, {}).setdefault(position, (ratio, value))  # 0 before rounding
+        best.setdefault(i, {}).setdefault(position, (ratio, value))  # 0 first
         tried = fold(tried)
         if i not in shortest or len(tried) < len(shortest[i]):
           shortest[i] = tried
