@@ -45,7 +45,7 @@ from sr_jax import expressions, metrics
 # (a + b + c)^3 (a + b)^3 is slow in sympy and never shorter.
 MAX_EXPANDED_TERMS = 64
 # Relative distance to a multiple of pi / 2 under which a constant is that multiple.
-INTEGER_TOLERANCE = 1e-9
+HALF_PI_TOLERANCE = 1e-9
 # Relative distance to an integer or a fraction with a small denominator (n / 3) under
 # which a rewritten constant is that number: the refinement leaves 1/3 as 0.33333333068
 # (II.11.27), and the check on the dataset's values refuses a rounding that matters.
@@ -113,7 +113,7 @@ REWRITES: tuple[Callable[[sympy.Expr], sympy.Expr], ...] = (
 def _constants_snapped(expr: sympy.Expr) -> sympy.Expr:
   """Floats whose magnitude is within SAME_TOLERANCE (relative) of a larger one's
   become it (with their sign: sympy holds a - 6.2 x as a + (-6.2) x), and floats within
-  INTEGER_TOLERANCE of k pi / 2 (0 < |k| <= 8) become that exact multiple of pi."""
+  HALF_PI_TOLERANCE of k pi / 2 (0 < |k| <= 8) become that exact multiple of pi."""
   snapped = {}
   numbers = sorted(expr.atoms(sympy.Float), key=lambda f: -abs(float(f)))
   for k, number in enumerate(numbers):
@@ -129,7 +129,7 @@ def _constants_snapped(expr: sympy.Expr) -> sympy.Expr:
       continue
     halves = round(value / (math.pi / 2))
     if 0 < abs(halves) <= 8 and abs(value - halves * math.pi / 2) <= (
-        INTEGER_TOLERANCE * abs(value)):
+        HALF_PI_TOLERANCE * abs(value)):
       snapped[number] = halves * sympy.pi / 2
   return expr.xreplace(snapped) if snapped else expr
 

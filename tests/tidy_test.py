@@ -230,7 +230,8 @@ def test_under_noise_constants_that_only_fit_the_noise_go():
 def test_under_noise_round_constants_are_found_and_needed_ones_kept():
   """1.02 sin(0.997 x0) + 0.04 x1 + 3.01 for sin(x0) + 3 (noise 0.1): the factor
   inside sin rounds to 1, the x1 term that only fits noise goes, the offset 3 the law
-  needs stays (as 3 or as its fitted value); SRBench's check is the oracle."""
+  needs stays (as 3 or as its fitted value); without the noise allowance they stay.
+  SRBench's check is the oracle."""
   rng = np.random.default_rng(1)
   x = rng.uniform(-3, 3, size=(400, 2))
   y = _noisy(np.sin(x[:, 0]) + 3, x, 0.1, rng)
@@ -238,9 +239,10 @@ def test_under_noise_round_constants_are_found_and_needed_ones_kept():
   with jax.enable_x64(True):
     found = refine.refine([found], [x], [y], refine.RefineConfig(polish_iters=0)).prefixes[0]
     tidied = tidy.tidy([found], [0], [x], [y])[0]
+    strict = tidy.tidy([found], [0], [x], [y], tidy.TidyConfig(noise_allowance=0.0))[0]
   names = ["a", "b"]
-  assert not metrics.symbolic_solution(expressions.model_string(found, names),
-                                       "sin(a) + 3", names).solved
-  assert metrics.symbolic_solution(expressions.model_string(tidied, names),
-                                   "sin(a) + 3", names).solved
+  solved = lambda p: metrics.symbolic_solution(expressions.model_string(p, names),
+                                               "sin(a) + 3", names).solved
+  assert not solved(found) and not solved(strict)
+  assert solved(tidied)
   assert "x_1" not in tidied
