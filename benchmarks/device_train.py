@@ -4,17 +4,21 @@
     python benchmarks/device_train.py --out /tmp/out --allow_cpu --throughput_steps 2 \
         --sizes debug --size debug --train_minutes 0.2    # the CPU rehearsal the tests run
 
-Three stages, each writing what it measured to --out before the next starts, so a lease
-cut short still returns its numbers:
+Four stages, each writing what it measured to --out before the next starts, so a lease
+cut short still returns its numbers; a stage that fails leaves its traceback in
+results.json and the next one still runs:
 1. devices: what JAX sees (platform, kind, count); refuses to go on without an
    accelerator unless --allow_cpu.
 2. throughput: for each of --sizes, `--throughput_steps` timed train steps (after one
    compiling step) on batches generated beforehand: examples/s and MFU (padded and
    real FLOPs, flops.py), bf16 compute with float32 master weights.
-3. training: train.py's loop on --size for --train_minutes of wall-clock, the input
-   pipeline in --workers grain processes, warm-started from --init_from when its model
-   config matches (a fresh model otherwise), then the model file written to --out in
-   parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl.
+3. training: train.py's loop on --size for --train_minutes of wall-clock (less when
+   --deadline_minutes leaves less after --infer_reserve_minutes), the input pipeline in
+   --workers grain processes, no orbax checkpoints, warm-started from --init_from when
+   its model config matches (a fresh model otherwise), then the model file written to
+   --out in parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl. If
+   training fails after a validation, that validation's export is written; before
+   one, with workers, it runs again with the data generated in its own process.
 4. inference: the whole fitting pipeline on the device (decoding, scoring, refinement,
    --infer_search seconds of search), eval.py's way (suite_runner), for the model just
    trained and for --init_from, on the same --infer_problems in-domain problems with
@@ -35,6 +39,7 @@ import pathlib
 import shutil
 import sys
 import time
+import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # sr_jax and configs/ from the checkout, no install needed
@@ -58,6 +63,8 @@ def _run_config(size: str, args, dtype: str):
   config = cpu.get_config(f"size={size}")
   config.model.dtype = dtype
   config.data.points_per_batch = args.points_per_batch
+  config.data.point_buckets = tuple(int(n) for n in args.point_buckets.split(","))
+  config.data.target_buckets = tuple(int(n) for n in args.target_buckets.split(","))
   return config
 
 
@@ -71,9 +78,12 @@ def _throughput(size: str, args) -> dict:
   mesh = training.sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings = training.create_state(cfg, mesh)
   train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
-  # One batch shape for all timed steps: N <= 200 points, targets of 128 words (no
-  # length groups; the real-FLOP MFU discounts the padding).
-  host = data.HostBatch(dataclasses.replace(cfg.data, point_buckets=(200,), length_groups=1))
+  # One batch shape for all timed steps: the largest point and target buckets (no
+  # length groups; the real-FLOP MFU discounts the padding). With the default buckets
+  # that is training's one shape, so training finds this compile in the cache.
+  host = data.HostBatch(dataclasses.replace(
+      cfg.data, point_buckets=cfg.data.point_buckets[-1:],
+      target_buckets=cfg.data.target_buckets[-1:], length_groups=1))
   batches = [host(step) for step in range(args.throughput_steps + 1)]
   length = batches[0]["targets_BxL"].shape[1]
   with jax.set_mesh(mesh):
@@ -93,7 +103,8 @@ def _throughput(size: str, args) -> dict:
     padded, real = padded + p, real + r
   peak = flops.device_peak_flops(jax.devices()[0], cfg.model.dtype)
   result = {"size": size, "parameters": model.count_params(nnx.merge(graphdef, state)[0]),
-            "batch": int(batches[1]["example_mask_B"].sum()), "points": 200,
+            "batch": int(batches[1]["example_mask_B"].sum()),
+            "points": cfg.data.point_buckets[-1],
             "target_len": int(length), "compile_s": round(compile_seconds, 1),
             "step_s": seconds / len(batches[1:]), "examples_per_s": examples / seconds,
             "tflops_per_device": padded / seconds / jax.device_count() / 1e12,
@@ -113,7 +124,7 @@ def _train(args) -> dict:
   config.optim.warmup_steps = args.warmup_steps
   config.train.max_minutes = args.train_minutes
   config.train.eval_every = args.eval_every
-  config.train.checkpoint_every = args.eval_every
+  config.train.checkpoint_every = 0  # the lease keeps only the model file: no orbax saves
   config.train.keep_model_files = False
   if args.init_from:
     header, _ = pretrained.read(args.init_from)
@@ -125,9 +136,24 @@ def _train(args) -> dict:
   workdir = os.path.join(args.workdir, args.size)
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.time()
-  metrics = training.train_and_evaluate(config, workdir)
-  seconds = time.time() - start
   model_file = os.path.join(workdir, "model.srj")
+  try:
+    metrics = training.train_and_evaluate(config, workdir)
+  except Exception:
+    traceback.print_exc()
+    if os.path.exists(model_file):  # keep the last validation's export
+      print("training failed; writing the model file of its last validation", flush=True)
+      metrics = {}
+    elif config.data.num_workers:  # the worker pipeline broke: the budget's rest without
+      print("training failed before its first validation; again with the data generated "
+            "in the training process", flush=True)
+      config.data.num_workers = 0
+      config.train.max_minutes = max(args.train_minutes - (time.time() - start) / 60, 0.2)
+      shutil.rmtree(workdir, ignore_errors=True)
+      metrics = training.train_and_evaluate(config, workdir)
+    else:
+      raise
+  seconds = time.time() - start
   header, arrays = pretrained.read(model_file)
   header["card"]["command"] = "benchmarks/device_train.py " + " ".join(sys.argv[1:])
   parts = pretrained.write_arrays(os.path.join(args.out, f"model_{args.size}.srj"),
@@ -172,23 +198,35 @@ def main():
   parser.add_argument("--out", default=os.environ.get("OUT", "device_out"))
   parser.add_argument("--workdir", default="/tmp/sr_jax_device")
   parser.add_argument("--allow_cpu", action="store_true")
-  parser.add_argument("--sizes", default="s3m,s20m,s90m", help="throughput sizes")
+  parser.add_argument("--sizes", default="s7m",
+                      help="throughput sizes (the lease of 2026-12-04 measured s3m,s7m,s90m: "
+                           "each compile costs ~25-50 s of training)")
   parser.add_argument("--throughput_steps", type=int, default=10)
-  parser.add_argument("--points_per_batch", type=int, default=40_000)
+  parser.add_argument("--points_per_batch", type=int, default=80_000,
+                      help="padded points per batch: 400 examples of the one 200-point bucket")
+  # One batch shape on the accelerator. Each new shape compiles for ~25 s on an H200
+  # (s7m, jax 0.11.2): with the CPU recipe's 4 point x 6 target buckets the first
+  # lease's 5.4 minutes of training ran 53 steps (BENCHMARKS.md, 2026-12-04); a step
+  # there is latency-bound, so the padding costs little.
+  parser.add_argument("--point_buckets", default="200")
+  parser.add_argument("--target_buckets", default="128")
   parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--size", default="s3m", help="the size to train (the shipped default)")
-  parser.add_argument("--train_minutes", type=float, default=5.0)
+  parser.add_argument("--size", default="s7m", help="the size to train")
+  parser.add_argument("--train_minutes", type=float, default=6.0,
+                      help="at most; less when the deadline leaves less")
   parser.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 0))
   parser.add_argument("--learning_rate", type=float, default=1e-3)
-  parser.add_argument("--warmup_steps", type=int, default=200)
-  parser.add_argument("--eval_every", type=int, default=500)
+  parser.add_argument("--warmup_steps", type=int, default=1000)
+  parser.add_argument("--eval_every", type=int, default=1000)
   parser.add_argument("--init_from", default=str(ROOT / "sr_jax" / "assets" / "default_model.srj"))
-  parser.add_argument("--infer_problems", type=int, default=100,
+  parser.add_argument("--infer_problems", type=int, default=60,
                       help="in-domain problems of the inference stage (0: skip it)")
   parser.add_argument("--infer_decode_batch", type=int, default=64)
   parser.add_argument("--infer_search", type=float, default=0.0,
                       help="seconds of search per dataset in the inference stage")
-  parser.add_argument("--deadline_minutes", type=float, default=9.5,
+  parser.add_argument("--infer_reserve_minutes", type=float, default=1.5,
+                      help="minutes of --deadline_minutes that training leaves to inference")
+  parser.add_argument("--deadline_minutes", type=float, default=9.3,
                       help="the inference stage starts no model with less than a minute "
                            "of this left (the device tool's command limit is 10)")
   args = parser.parse_args()
@@ -202,22 +240,44 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
       json.dump(results, f, indent=1, default=str)
 
+  def stage(name: str, function, *arguments):
+    """One stage's result, or None with its traceback in results["errors"]: a failing
+    stage must not cost the lease the stages after it."""
+    try:
+      return function(*arguments)
+    except Exception:
+      message = traceback.format_exc()
+      print(f"stage {name} failed:\n{message}", flush=True)
+      results.setdefault("errors", {})[name] = message
+      return None
+    finally:
+      save()
+
   results["devices"] = _devices(args)
   save()
   results["throughput"] = []
   for size in args.sizes.split(","):
-    results["throughput"].append(_throughput(size, args))
-    save()
-  results["training"] = _train(args)
-  save()
+    result = stage(f"throughput {size}", _throughput, size, args)
+    if result is not None:
+      results["throughput"].append(result)
+  # Training takes what the deadline leaves after the inference stage's reserve, up to
+  # --train_minutes: slow compiles in the throughput stage shorten it, not the lease.
+  left_minutes = args.deadline_minutes - (time.time() - started) / 60
+  args.train_minutes = max(min(args.train_minutes, left_minutes - args.infer_reserve_minutes),
+                           0.01)
+  print(f"training {args.size} for {args.train_minutes:.2f} minutes", flush=True)
+  results["training"] = stage("training", _train, args)
   results["inference"] = []
   trained = os.path.join(args.out, f"model_{args.size}.srj")
-  for model_file in [trained] + ([args.init_from] if args.init_from else []):
+  for model_file in ([trained] if results["training"] else []) + (
+      [args.init_from] if args.init_from else []):
     left = args.deadline_minutes * 60 - (time.time() - started)
     if args.infer_problems and left < 60:
       print(f"inference of {model_file} skipped: {left:.0f} s left", flush=True)
     elif args.infer_problems:
-      results["inference"].append(_inference(model_file, args))
+      result = stage(f"inference {model_file}", _inference, model_file, args)
+      if result is not None:
+        results["inference"].append(result)
     save()
   print(f"\n{'size':>6} {'params':>8} {'batch':>5} {'step ms':>8} {'ex/s':>9} {'MFU':>6} "
         f"{'MFU real':>8}")
@@ -225,13 +285,18 @@ def main():
     print(f"{r['size']:>6} {r['parameters'] / 1e6:7.1f}M {r['batch']:5d} "
           f"{1e3 * r['step_s']:8.1f} {r['examples_per_s']:9.0f} {r['mfu']:6.1%} "
           f"{r['mfu_real']:8.1%}")
-  t = results["training"]
+  t = results["training"] or {"size": args.size, "seconds": "-", "steps": 0,
+                               "examples": 0, "validation": "failed", "files": []}
   print(f"trained {t['size']} for {t['seconds']} s: {t['steps']} steps, {t['examples']:.0f} "
         f"examples, validation {t['validation']}; files {t['files']}")
   for r in results["inference"]:
     print(f"{r['model']} on {r['problems']} in-domain problems: R2 > 0.99 "
           f"{r['r2_above_0.99']:.1%}, mean clipped R2 {r['mean_clipped_r2']:.3f}, "
           f"{r['seconds_per_dataset']:.3f} s per dataset")
+  for name in results.get("errors", {}):
+    print(f"FAILED: {name} (traceback in results.json and above)")
+  if not results["throughput"] and results["training"] is None:
+    sys.exit(3)  # no train step ran at all: device_train.sh retries with pinned packages
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ def test_device_script_rehearses_on_cpu(tmp_path):
   assert results["devices"]["platform"] == "cpu"
   (throughput,) = results["throughput"]
   assert throughput["examples_per_s"] > 0 and 0 < throughput["mfu_real"] <= throughput["mfu"]
+  # The accelerator's one batch shape (each new one compiled for ~25 s on the H200),
+  # which the training stage then uses too; no orbax checkpoints on a lent machine.
+  assert (throughput["points"], throughput["target_len"]) == (200, 128)
+  assert not (tmp_path / "work" / "debug" / "checkpoints").exists()
   training = results["training"]
   assert training["steps"] >= 1 and training["files"] == ["model_debug.srj"]
   model = pretrained.load(str(tmp_path / "out" / "model_debug.srj"))

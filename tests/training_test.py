@@ -256,6 +256,39 @@ def test_budget_stops_in_time_then_the_same_command_resumes(tmp_path):
   assert card["steps"] == 6 and card["examples"] == 6 * 8
 
 
+def test_without_checkpoints_the_model_file_is_still_written_and_validation_generated_once(
+    tmp_path, monkeypatch):
+  """checkpoint_every = 0 (the device lease's setting): no orbax directory, the model file
+  exported at each validation all the same; the validation set is generated once per run
+  (it is the same set every time) and gives the loss a fresh generation gives."""
+  calls = []
+  make_iterator = data.make_iterator
+
+  def counted(config, *args, **kwargs):
+    calls.append(config.seed)
+    return make_iterator(config, *args, **kwargs)
+
+  monkeypatch.setattr(data, "make_iterator", counted)
+  training._validation_batches.cache_clear()
+  config = _config(num_steps=4, eval_every=2, eval_batches=2, checkpoint_every=0)
+  metrics = training.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+  assert pretrained.card(str(tmp_path / "model.srj"))["steps"] == 4
+  cfg = training.RunConfig.from_config_dict(config)
+  validation_seed = cfg.data.seed + training.VALIDATION_SEED_OFFSET
+  assert calls.count(validation_seed) == 1  # validations at steps 2 and 4
+  # The cached set is the generator's: a fresh generation of the same stream.
+  fresh = data.make_iterator(dataclasses.replace(
+      cfg.data, seed=validation_seed, num_workers=0, length_groups=1))
+  cached = training._validation_batches(dataclasses.replace(
+      cfg.data, seed=validation_seed, num_workers=0, length_groups=1), 2)
+  for batch in cached:
+    expected = next(fresh)
+    for key in training.BATCH_KEYS:
+      np.testing.assert_array_equal(batch[key], expected[key])
+  assert np.isfinite(metrics["valid_loss"])
+
+
 def _signalling_batches(monkeypatch, signum, after: int, times: int = 1):
   """The data iterator, sending `signum` to this process `times` times while the
   batch of step `after` is fetched."""
