@@ -175,6 +175,54 @@ def _lm_refill(state, slots, fresh_B, config):
               iterations=jnp.where(fresh_B, 0, state["iterations"]), fresh=fresh_B)
 
 
+def cholesky_solve(matrix_BxKxK, rhs_BxK):
+  """x with matrix x = rhs for each batch row, matrix symmetric positive definite, in
+  plain XLA operations (NaN where it is not positive definite).
+
+  Not jax.scipy.linalg.cho_factor: on the CPU its LAPACK kernel splits the batch over
+  XLA's intra-op thread pool and waits for the parts, so two programs factorising at
+  once (two refinement streams) can hold both threads of a 2-core machine waiting for
+  work that no thread is left to run: eval.py hung that way (jaxlib 0.10.2). The
+  Cholesky factor L of [[matrix, rhs], [rhs^T, 0]] carries L^-1 rhs in its last row,
+  so the forward solve comes with the factor's K column steps; K more solve L^T x =
+  L^-1 rhs. K is at most 32 (compiler.CALL_CONSTANT_BUCKETS). Scaled to a unit
+  diagonal first, float32 LM solved 2 more of 1,000 perturbed generator expressions
+  than with LAPACK (BENCHMARKS.md, 2026-12-04)."""
+  batch, num = rhs_BxK.shape
+  # Jacobi scaling (unit diagonal): a Gram matrix of constants spans orders of
+  # magnitude, and float32 keeps more of the solution when the factor need not.
+  inverse_root_BxK = jax.lax.rsqrt(jnp.diagonal(matrix_BxKxK, axis1=1, axis2=2))
+  matrix_BxKxK = matrix_BxKxK * inverse_root_BxK[:, :, None] * inverse_root_BxK[:, None, :]
+  rhs_BxK = rhs_BxK * inverse_root_BxK
+  augmented_BxCxC = jnp.concatenate([
+      jnp.concatenate([matrix_BxKxK, rhs_BxK[:, :, None]], axis=2),
+      jnp.concatenate([rhs_BxK, jnp.zeros((batch, 1), rhs_BxK.dtype)], axis=1)[:, None]],
+      axis=1)
+  index_C = jnp.arange(num + 1)
+
+  def factor_column(j, lower_BxCxC):
+    row_j_BxC = jax.lax.dynamic_index_in_dim(lower_BxCxC, j, axis=1, keepdims=False)
+    column_BxC = (jax.lax.dynamic_index_in_dim(augmented_BxCxC, j, axis=2, keepdims=False)
+                  - jnp.einsum("bik,bk->bi", lower_BxCxC, row_j_BxC))
+    pivot_B = jnp.sqrt(jax.lax.dynamic_index_in_dim(column_BxC, j, axis=1, keepdims=False))
+    column_BxC = jnp.where(index_C >= j, column_BxC / pivot_B[:, None], 0.0)
+    return jax.lax.dynamic_update_index_in_dim(lower_BxCxC, column_BxC, j, axis=2)
+
+  lower_BxCxC = jax.lax.fori_loop(0, num, factor_column, jnp.zeros_like(augmented_BxCxC))
+  lower_BxKxK, y_BxK = lower_BxCxC[:, :num, :num], lower_BxCxC[:, num, :num]
+  diagonal_BxK = jnp.diagonal(lower_BxKxK, axis1=1, axis2=2)
+
+  def backward(k, x_BxK):  # L^T x = y, from the last row up
+    i = num - 1 - k
+    column_BxK = jax.lax.dynamic_index_in_dim(lower_BxKxK, i, axis=2, keepdims=False)
+    value_B = ((jax.lax.dynamic_index_in_dim(y_BxK, i, axis=1, keepdims=False)
+                - jnp.sum(column_BxK * x_BxK, axis=1))
+               / jax.lax.dynamic_index_in_dim(diagonal_BxK, i, axis=1, keepdims=False))
+    return jax.lax.dynamic_update_index_in_dim(x_BxK, value_B, i, axis=1)
+
+  return jax.lax.fori_loop(0, num, backward, jnp.zeros_like(rhs_BxK)) * inverse_root_BxK
+
+
 def _lm_step(state, slots, config):
   """One damped Gauss-Newton step per slot; a step that does not lower the loss is
   rejected and the damping raised. A fresh slot evaluates its start instead."""
@@ -188,9 +236,7 @@ def _lm_step(state, slots, config):
   damped_BxKxK = (
       jnp.where(seen_BxK[:, :, None] & seen_BxK[:, None, :], gram_BxKxK, 0.0)
       + jax.vmap(jnp.diag)(state["damping"][:, None] * scale_BxK + ~seen_BxK))
-  step_BxK = -jax.scipy.linalg.cho_solve(
-      jax.scipy.linalg.cho_factor(damped_BxKxK),
-      jnp.where(seen_BxK, state["gradient"], 0.0)[..., None])[..., 0]
+  step_BxK = -cholesky_solve(damped_BxKxK, jnp.where(seen_BxK, state["gradient"], 0.0))
   trial_BxK = state["constants"] + jnp.where(seen_BxK & ~fresh_B[:, None], step_BxK,
                                              0.0)
   running_B = ~state["done"]
