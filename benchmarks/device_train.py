@@ -242,7 +242,7 @@ def main():
 
   def stage(name: str, function, *arguments):
     """One stage's result, or None with its traceback in results["errors"]: a failing
-    stage must not cost the lease the stages after it."""
+    stage must not cost the lease the stages after it. The caller stores and saves."""
     try:
       return function(*arguments)
     except Exception:
@@ -250,8 +250,6 @@ def main():
       print(f"stage {name} failed:\n{message}", flush=True)
       results.setdefault("errors", {})[name] = message
       return None
-    finally:
-      save()
 
   results["devices"] = _devices(args)
   save()
@@ -260,6 +258,7 @@ def main():
     result = stage(f"throughput {size}", _throughput, size, args)
     if result is not None:
       results["throughput"].append(result)
+    save()
   # Training takes what the deadline leaves after the inference stage's reserve, up to
   # --train_minutes: slow compiles in the throughput stage shorten it, not the lease.
   left_minutes = args.deadline_minutes - (time.time() - started) / 60
@@ -267,6 +266,7 @@ def main():
                            0.01)
   print(f"training {args.size} for {args.train_minutes:.2f} minutes", flush=True)
   results["training"] = stage("training", _train, args)
+  save()
   results["inference"] = []
   trained = os.path.join(args.out, f"model_{args.size}.srj")
   for model_file in ([trained] if results["training"] else []) + (
@@ -278,7 +278,8 @@ def main():
       result = stage(f"inference {model_file}", _inference, model_file, args)
       if result is not None:
         results["inference"].append(result)
-    save()
+      save()
+  save()  # the inference stage's list, empty where every model was skipped
   print(f"\n{'size':>6} {'params':>8} {'batch':>5} {'step ms':>8} {'ex/s':>9} {'MFU':>6} "
         f"{'MFU real':>8}")
   for r in results["throughput"]:

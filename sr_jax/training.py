@@ -523,13 +523,17 @@ def _validation_batches(validation: data.DataConfig, count: int) -> tuple[dict, 
   return tuple(next(batches) for _ in range(count))
 
 
+def validation_data(cfg: RunConfig) -> data.DataConfig:
+  """The validation stream's config: the training stream's, reseeded, in-process, not
+  length-grouped (so it does not depend on data.DataConfig.length_groups)."""
+  return dataclasses.replace(cfg.data, seed=cfg.data.seed + VALIDATION_SEED_OFFSET,
+                             num_workers=0, length_groups=1)
+
+
 def run_validation(cfg: RunConfig, evaluate, state, batch_shardings) -> dict[str, float]:
-  """Token loss and accuracy on a fixed, seeded in-domain set (same every time; not
-  length-grouped, so it does not depend on data.DataConfig.length_groups)."""
-  validation = dataclasses.replace(cfg.data, seed=cfg.data.seed + VALIDATION_SEED_OFFSET,
-                                   num_workers=0, length_groups=1)
+  """Token loss and accuracy on a fixed, seeded in-domain set (the same every time)."""
   sums = np.zeros(3)
-  for batch in _validation_batches(validation, cfg.train.eval_batches):
+  for batch in _validation_batches(validation_data(cfg), cfg.train.eval_batches):
     sums += np.asarray(evaluate(state, to_global(batch, batch_shardings)))
   count = max(sums[1], 1.0)
   return {"valid_loss": sums[0] / count, "valid_token_accuracy": sums[2] / count}

@@ -260,7 +260,7 @@ def test_without_checkpoints_the_model_file_is_still_written_and_validation_gene
     tmp_path, monkeypatch):
   """checkpoint_every = 0 (the device lease's setting): no orbax directory, the model file
   exported at each validation all the same; the validation set is generated once per run
-  (it is the same set every time) and gives the loss a fresh generation gives."""
+  (it is the same set every time) and equals a fresh generation of its stream."""
   calls = []
   make_iterator = data.make_iterator
 
@@ -274,15 +274,11 @@ def test_without_checkpoints_the_model_file_is_still_written_and_validation_gene
   metrics = training.train_and_evaluate(config, str(tmp_path))
   assert not (tmp_path / "checkpoints").exists()
   assert pretrained.card(str(tmp_path / "model.srj"))["steps"] == 4
-  cfg = training.RunConfig.from_config_dict(config)
-  validation_seed = cfg.data.seed + training.VALIDATION_SEED_OFFSET
-  assert calls.count(validation_seed) == 1  # validations at steps 2 and 4
+  validation = training.validation_data(training.RunConfig.from_config_dict(config))
+  assert calls.count(validation.seed) == 1  # validations at steps 2 and 4
   # The cached set is the generator's: a fresh generation of the same stream.
-  fresh = data.make_iterator(dataclasses.replace(
-      cfg.data, seed=validation_seed, num_workers=0, length_groups=1))
-  cached = training._validation_batches(dataclasses.replace(
-      cfg.data, seed=validation_seed, num_workers=0, length_groups=1), 2)
-  for batch in cached:
+  fresh = data.make_iterator(validation)
+  for batch in training._validation_batches(validation, 2):
     expected = next(fresh)
     for key in training.BATCH_KEYS:
       np.testing.assert_array_equal(batch[key], expected[key])
