@@ -58,13 +58,39 @@ def _devices(args) -> dict:
   return info
 
 
-def _run_config(size: str, args, dtype: str):
-  from configs import cpu
-  config = cpu.get_config(f"size={size}")
-  config.model.dtype = dtype
-  config.data.points_per_batch = args.points_per_batch
-  config.data.point_buckets = tuple(int(n) for n in args.point_buckets.split(","))
-  config.data.target_buckets = tuple(int(n) for n in args.target_buckets.split(","))
+def _run_config(size: str, args):
+  """configs/accelerator.py (the shipped model's recipe) at `size`, with the flags that
+  change what the compiled train step depends on (dtype, batch shape, the optimizer's
+  schedule). The throughput and training stages share it: the second lease's training
+  recompiled for ~50 s because its warmup differed from the throughput stage's, so
+  the persistent compile cache missed."""
+  from configs import accelerator
+  config = accelerator.get_config(f"size={size}")
+  if args.dtype:
+    config.model.dtype = args.dtype
+  if args.points_per_batch:
+    config.data.points_per_batch = args.points_per_batch
+  if args.point_buckets:
+    config.data.point_buckets = tuple(int(n) for n in args.point_buckets.split(","))
+  if args.target_buckets:
+    config.data.target_buckets = tuple(int(n) for n in args.target_buckets.split(","))
+  if args.learning_rate:
+    config.optim.learning_rate = args.learning_rate
+  if args.warmup_steps is not None:
+    config.optim.warmup_steps = args.warmup_steps
+  return config
+
+
+def _training_config(args):
+  """The training stage's config: _run_config of --size and the loop's settings."""
+  config = _run_config(args.size, args)
+  if args.workers is not None:
+    config.data.num_workers = args.workers
+  if args.eval_every:
+    config.train.eval_every = args.eval_every
+  config.train.max_minutes = args.train_minutes
+  config.train.checkpoint_every = 0  # the lease keeps only the model file: no orbax saves
+  config.train.keep_model_files = False
   return config
 
 
@@ -73,11 +99,10 @@ def _throughput(size: str, args) -> dict:
   import jax
   from flax import nnx
   from sr_jax import data, flops, model, training
-  config = _run_config(size, args, args.dtype)
-  cfg = training.RunConfig.from_config_dict(config)
+  cfg = training.RunConfig.from_config_dict(_run_config(size, args))
   mesh = training.sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings = training.create_state(cfg, mesh)
-  train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
+  train, evaluate, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
   # One batch shape for all timed steps: the largest point and target buckets (no
   # length groups; the real-FLOP MFU discounts the padding). With the default buckets
   # that is training's one shape, so training finds this compile in the cache.
@@ -96,6 +121,11 @@ def _throughput(size: str, args) -> dict:
       state, metrics = train(state, training.to_global(batch, batch_shardings))
     jax.block_until_ready(metrics)
     seconds = time.time() - start
+    # The validation batches have this shape too: compiled here, training's first
+    # validation finds the eval step in the cache (the first lease waited ~20 s there).
+    start = time.time()
+    jax.block_until_ready(evaluate(state, training.to_global(batches[0], batch_shardings)))
+    eval_compile_seconds = time.time() - start
   examples = sum(float(b["example_mask_B"].sum()) for b in batches[1:])
   padded = real = 0.0
   for b in batches[1:]:
@@ -106,6 +136,7 @@ def _throughput(size: str, args) -> dict:
             "batch": int(batches[1]["example_mask_B"].sum()),
             "points": cfg.data.point_buckets[-1],
             "target_len": int(length), "compile_s": round(compile_seconds, 1),
+            "eval_compile_s": round(eval_compile_seconds, 1),
             "step_s": seconds / len(batches[1:]), "examples_per_s": examples / seconds,
             "tflops_per_device": padded / seconds / jax.device_count() / 1e12,
             "mfu": flops.mfu(padded, seconds, jax.device_count(), peak),
@@ -118,14 +149,7 @@ def _throughput(size: str, args) -> dict:
 def _train(args) -> dict:
   """train.py's loop for --train_minutes; returns the model card's numbers."""
   from sr_jax import pretrained, training
-  config = _run_config(args.size, args, args.dtype)
-  config.data.num_workers = args.workers
-  config.optim.learning_rate = args.learning_rate
-  config.optim.warmup_steps = args.warmup_steps
-  config.train.max_minutes = args.train_minutes
-  config.train.eval_every = args.eval_every
-  config.train.checkpoint_every = 0  # the lease keeps only the model file: no orbax saves
-  config.train.keep_model_files = False
+  config = _training_config(args)
   if args.init_from:
     header, _ = pretrained.read(args.init_from)
     if pretrained.model_config(header, args.init_from) == pretrained.architecture(
@@ -165,6 +189,8 @@ def _train(args) -> dict:
             "validation": header["card"]["validation"],
             "examples_per_s": metrics.get("examples_per_sec"), "mfu": metrics.get("mfu"),
             "mfu_real": metrics.get("mfu_real"),
+            "first_batch_s": metrics.get("startup_first_batch_s"),
+            "first_step_s": metrics.get("startup_first_step_s"),
             "files": [os.path.basename(p) for p in parts]}
   print(f"training: {result}", flush=True)
   return result
@@ -193,7 +219,7 @@ def _inference(model_file: str, args) -> dict:
   return result
 
 
-def main():
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.environ.get("OUT", "device_out"))
   parser.add_argument("--workdir", default="/tmp/sr_jax_device")
@@ -202,34 +228,38 @@ def main():
                       help="throughput sizes (the lease of 2026-12-04 measured s3m,s7m,s90m: "
                            "each compile costs ~25-50 s of training)")
   parser.add_argument("--throughput_steps", type=int, default=10)
-  parser.add_argument("--points_per_batch", type=int, default=80_000,
-                      help="padded points per batch: 400 examples of the one 200-point bucket")
-  # One batch shape on the accelerator. Each new shape compiles for ~25 s on an H200
-  # (s7m, jax 0.11.2): with the CPU recipe's 4 point x 6 target buckets the first
-  # lease's 5.4 minutes of training ran 53 steps (BENCHMARKS.md, 2026-12-04); a step
-  # there is latency-bound, so the padding costs little.
-  parser.add_argument("--point_buckets", default="200")
-  parser.add_argument("--target_buckets", default="128")
-  parser.add_argument("--dtype", default="bfloat16")
+  # The recipe's flags default to configs/accelerator.py's values (one batch shape of
+  # 80,000 padded points: 400 examples at 200 points, 128 words; bf16; lr 1e-3 after
+  # 1,000 warmup steps; workers on all but two cores; validation every 1,000 steps).
+  preset = "configs/accelerator.py's"
+  parser.add_argument("--points_per_batch", type=int, help=f"padded points per batch ({preset})")
+  parser.add_argument("--point_buckets", help=f"comma-separated ({preset})")
+  parser.add_argument("--target_buckets", help=f"comma-separated ({preset})")
+  parser.add_argument("--dtype", help=f"compute dtype ({preset})")
   parser.add_argument("--size", default="s7m", help="the size to train")
-  parser.add_argument("--train_minutes", type=float, default=6.0,
+  parser.add_argument("--train_minutes", type=float, default=8.0,
                       help="at most; less when the deadline leaves less")
-  parser.add_argument("--workers", type=int, default=max((os.cpu_count() or 2) - 2, 0))
-  parser.add_argument("--learning_rate", type=float, default=1e-3)
-  parser.add_argument("--warmup_steps", type=int, default=1000)
-  parser.add_argument("--eval_every", type=int, default=1000)
+  parser.add_argument("--workers", type=int, help=f"grain worker processes ({preset})")
+  parser.add_argument("--learning_rate", type=float, help=f"peak ({preset})")
+  parser.add_argument("--warmup_steps", type=int, help=f"({preset})")
+  parser.add_argument("--eval_every", type=int, help=f"steps between validations ({preset})")
   parser.add_argument("--init_from", default=str(ROOT / "sr_jax" / "assets" / "default_model.srj"))
-  parser.add_argument("--infer_problems", type=int, default=60,
-                      help="in-domain problems of the inference stage (0: skip it)")
+  parser.add_argument("--infer_problems", type=int, default=30,
+                      help="in-domain problems of the inference stage (0: skip it); the "
+                           "second lease ran 60 in 89 s, mostly compiles")
   parser.add_argument("--infer_decode_batch", type=int, default=64)
   parser.add_argument("--infer_search", type=float, default=0.0,
                       help="seconds of search per dataset in the inference stage")
-  parser.add_argument("--infer_reserve_minutes", type=float, default=1.5,
+  parser.add_argument("--infer_reserve_minutes", type=float, default=1.25,
                       help="minutes of --deadline_minutes that training leaves to inference")
   parser.add_argument("--deadline_minutes", type=float, default=9.3,
                       help="the inference stage starts no model with less than a minute "
                            "of this left (the device tool's command limit is 10)")
-  args = parser.parse_args()
+  return parser.parse_args(argv)
+
+
+def main():
+  args = parse_args()
   started = time.time()
   if args.init_from and not os.path.exists(args.init_from):
     args.init_from = ""

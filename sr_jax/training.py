@@ -378,6 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_metrics: dict[str, float] = {}
   totals = {k: history[k] for k in ("examples", "tokens", "flops", "real_flops")}
   pending = None  # (step, metrics): fetched one step late
+  startup: dict[str, float] = {}  # seconds from the call to the first batch and step
   window = _Throughput()
   done = start_step
 
@@ -391,8 +392,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with jax.set_mesh(mesh), _StopRequest() as stop:
     for step in range(start_step, cfg.train.num_steps):
       host_batch = next(batches)
+      if step == start_step:
+        first_batch_seconds = time.time() - started
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = train(state, to_global(host_batch, batch_shardings))
+      if step == start_step:  # jit compiles before it dispatches: the startup's cost
+        startup = {"startup_first_batch_s": first_batch_seconds,
+                   "startup_first_step_s": time.time() - started}
+        logging.info("first batch after %.1f s, first step dispatched after %.1f s",
+                     *startup.values())
+        writer.write(done, startup)
       if pending is not None:
         last_metrics = _log(pending, writer, progress, cfg, window, peak,
                             work_done=_work_done(cfg.train, totals))
@@ -417,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if pending is not None:
       last_metrics.update(_log(pending, writer, progress, cfg, window, peak, force=True,
                                  work_done=_work_done(cfg.train, totals)))
+  last_metrics.update(startup)
   if done < cfg.train.num_steps:
     logging.warning("stopped at step %d of %d: %s", done, cfg.train.num_steps,
                     "a stop was requested" if stop.requested

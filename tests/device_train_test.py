@@ -2,12 +2,16 @@
 budget: every stage (devices, throughput, training, the fitting pipeline with the new
 model) runs and leaves its numbers and a loadable model file in --out."""
 
+import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-from sr_jax import pretrained
+import jax
+
+from sr_jax import data, pretrained, sharding, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,3 +67,49 @@ def test_device_script_refuses_the_cpu_without_allow_cpu(tmp_path):
                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert done.returncode != 0 and "no accelerator" in done.stderr
+
+
+def _device_train_module():
+  spec = importlib.util.spec_from_file_location(
+      "device_train", os.path.join(ROOT, "benchmarks", "device_train.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _train_step_hlo(config) -> str:
+  cfg = training.RunConfig.from_config_dict(config)
+  mesh = sharding.make_mesh(cfg.mesh)
+  graphdef, state, shardings = training.create_state(cfg, mesh)
+  train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
+  batch = data.HostBatch(dataclasses.replace(cfg.data, length_groups=1))(0)
+  with jax.set_mesh(mesh):
+    return train.lower(state, training.to_global(batch, batch_shardings)).as_text()
+
+
+def test_throughput_stage_compiles_the_training_step():
+  """The throughput stage's train step is the training stage's, so training finds it
+  in the persistent compile cache (the first lease recompiled it for ~50 s when their
+  warmups differed); another learning rate is another program."""
+  device_train = _device_train_module()
+  args = device_train.parse_args(["--size", "debug", "--points_per_batch", "1600",
+                                  "--warmup_steps", "7"])
+  throughput = _train_step_hlo(device_train._run_config("debug", args))
+  assert throughput == _train_step_hlo(device_train._training_config(args))
+  args.learning_rate = 5e-4  # the preset's is 1e-3
+  assert throughput != _train_step_hlo(device_train._training_config(args))
+
+
+def test_the_accelerator_preset_is_the_shipped_models_recipe():
+  """configs/accelerator.py builds the shipped model's architecture and data layout
+  (its card), so train.py with it continues or reproduces that model."""
+  from configs import accelerator
+  cfg = training.RunConfig.from_config_dict(accelerator.get_config())
+  header, _ = pretrained.read(pretrained.DEFAULT_MODEL)
+  assert pretrained.model_config(header) == pretrained.architecture(cfg.model)
+  card = header["card"]
+  assert card["compute_dtype"] == cfg.model.dtype == "bfloat16"
+  for key in ("points_per_batch", "length_groups"):
+    assert card["data"][key] == getattr(cfg.data, key)
+  assert tuple(card["data"]["point_buckets"]) == cfg.data.point_buckets
+  assert tuple(card["data"]["target_buckets"]) == cfg.data.target_buckets

@@ -2,9 +2,11 @@
 resume is bit-exact, checkpoints restore onto another mesh, bad checkpoints are named."""
 
 import dataclasses
+import itertools
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -395,3 +397,26 @@ def test_compute_accounting_matches_a_hand_count(tmp_path):
   assert 0 < card["compute"]["real_flops"] < card["compute"]["flops"]
   assert card["compute"]["device_seconds"] >= card["compute"]["seconds"] > 0
   assert card["parameters"] > card["non_embedding_parameters"] > 0
+
+
+def test_startup_seconds_are_reported(tmp_path, monkeypatch):
+  """The seconds to the first batch and to the first dispatched (compiled) step, in the
+  returned metrics and metrics.jsonl: what a lent accelerator's first minutes went to."""
+  make_iterator = data.make_iterator
+  validation = training.validation_data(training.RunConfig.from_config_dict(_config()))
+
+  def slow_first(config, *args, **kwargs):
+    iterator = make_iterator(config, *args, **kwargs)
+    if config.seed == validation.seed:
+      return iterator
+    first = next(iterator)
+    time.sleep(0.5)
+    return itertools.chain([first], iterator)
+
+  monkeypatch.setattr(data, "make_iterator", slow_first)
+  metrics = training.train_and_evaluate(_config(num_steps=2), str(tmp_path))
+  assert 0.5 <= metrics["startup_first_batch_s"] < metrics["startup_first_step_s"]
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  (startup,) = [l for l in lines if "startup_first_step_s" in l]
+  assert startup["step"] == 0
+  assert startup["startup_first_step_s"] == metrics["startup_first_step_s"]
