@@ -16,7 +16,8 @@ results.json and the next one still runs:
    --deadline_minutes leaves less after --infer_reserve_minutes), the input pipeline in
    --workers grain processes, no orbax checkpoints, warm-started from --init_from when
    its model config matches (a fresh model otherwise), then the model file written to
-   --out in parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl. If
+   --out in parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl and
+   the model file of the validation nearest half-way (for the learning curve). If
    training fails after a validation, that validation's export is written; before
    one, with workers, it runs again with the data generated in its own process.
 4. inference: the whole fitting pipeline on the device (decoding, scoring, refinement,
@@ -90,8 +91,29 @@ def _training_config(args):
     config.train.eval_every = args.eval_every
   config.train.max_minutes = args.train_minutes
   config.train.checkpoint_every = 0  # the lease keeps only the model file: no orbax saves
-  config.train.keep_model_files = False
+  config.train.keep_model_files = True  # for the midpoint file (_midpoint_model)
   return config
+
+
+def _midpoint_model(workdir: str, final_step: int, out: str, size: str) -> str | None:
+  """Copies to `out` the kept model file of the validation nearest half of final_step
+  (a second point for the learning curve: in-domain R2 against examples), if there is
+  one before the final step and it fits one returned file (<= 16 MiB; with the final
+  model, results, logs and metrics the lease's 8 files are then full)."""
+  folder = os.path.join(workdir, "models")
+  kept = {int(name[len("step_"):-len(".srj")]): os.path.join(folder, name)
+          for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+          if name.startswith("step_") and name.endswith(".srj")}
+  earlier = [step for step in kept if step < final_step]
+  if not earlier:
+    return None
+  step = min(earlier, key=lambda s: abs(s - final_step / 2))
+  if os.path.getsize(kept[step]) > PART_BYTES:
+    print(f"midpoint model of step {step} not returned: over one file's 16 MiB", flush=True)
+    return None
+  name = f"model_{size}_step{step}.srj"
+  shutil.copy(kept[step], os.path.join(out, name))
+  return name
 
 
 def _throughput(size: str, args) -> dict:
@@ -184,6 +206,7 @@ def _train(args) -> dict:
                                   pretrained.model_config(header), arrays, header["card"],
                                   dtype="float16", part_bytes=PART_BYTES)
   shutil.copy(os.path.join(workdir, "metrics.jsonl"), os.path.join(args.out, "metrics.jsonl"))
+  midpoint = _midpoint_model(workdir, header["card"]["steps"], args.out, args.size)
   result = {"size": args.size, "seconds": round(seconds, 1),
             "steps": header["card"]["steps"], "examples": header["card"]["examples"],
             "validation": header["card"]["validation"],
@@ -191,7 +214,8 @@ def _train(args) -> dict:
             "mfu_real": metrics.get("mfu_real"),
             "first_batch_s": metrics.get("startup_first_batch_s"),
             "first_step_s": metrics.get("startup_first_step_s"),
-            "files": [os.path.basename(p) for p in parts]}
+            "files": [os.path.basename(p) for p in parts],
+            "midpoint_file": midpoint}
   print(f"training: {result}", flush=True)
   return result
 

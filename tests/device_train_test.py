@@ -43,6 +43,7 @@ def test_device_script_rehearses_on_cpu(tmp_path):
   assert not (tmp_path / "work" / "debug" / "checkpoints").exists()
   training = results["training"]
   assert training["steps"] >= 1 and training["files"] == ["model_debug.srj"]
+  assert training["midpoint_file"] is None  # one validation, the final one
   model = pretrained.load(str(tmp_path / "out" / "model_debug.srj"))
   assert model.config.d_model == 64
   assert "trained debug" in done.stdout
@@ -113,3 +114,22 @@ def test_the_accelerator_preset_is_the_shipped_models_recipe():
     assert card["data"][key] == getattr(cfg.data, key)
   assert tuple(card["data"]["point_buckets"]) == cfg.data.point_buckets
   assert tuple(card["data"]["target_buckets"]) == cfg.data.target_buckets
+
+
+def test_the_midpoint_model_is_the_kept_file_nearest_half_way(tmp_path, monkeypatch):
+  """Of the files kept at validations 2, 4, 6 and 8 (the final), step 4's comes back
+  under its step's name; nothing when only the final was kept, or when the file would
+  not fit one returned file."""
+  device_train = _device_train_module()
+  models = tmp_path / "work" / "models"
+  models.mkdir(parents=True)
+  for step in (2, 4, 6, 8):
+    (models / f"step_{step}.srj").write_bytes(bytes([step]) * 100)
+  out = tmp_path / "out"
+  out.mkdir()
+  name = device_train._midpoint_model(str(tmp_path / "work"), 8, str(out), "s7m")
+  assert name == "model_s7m_step4.srj" and (out / name).read_bytes() == bytes([4]) * 100
+  assert device_train._midpoint_model(str(tmp_path / "work"), 2, str(out), "s7m") is None
+  assert device_train._midpoint_model(str(tmp_path / "absent"), 8, str(out), "s7m") is None
+  monkeypatch.setattr(device_train, "PART_BYTES", 99)
+  assert device_train._midpoint_model(str(tmp_path / "work"), 8, str(out), "s7m") is None
