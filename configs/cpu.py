@@ -1,4 +1,5 @@
-"""CPU-scale pretraining: the recipe of the shipped default model (sr_jax/assets).
+"""CPU-scale pretraining: the recipe of the s3m default model shipped until 2026-12-04 (the
+shipped s7m was trained on a GPU with configs/accelerator.py, which builds on this).
 
     python train.py --config configs/cpu.py --workdir runs/default_s3m \
         --config.train.max_minutes=120
