@@ -252,9 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="throughput sizes (the lease of 2026-12-04 measured s3m,s7m,s90m: "
                            "each compile costs ~25-50 s of training)")
   parser.add_argument("--throughput_steps", type=int, default=10)
-  # The recipe's flags default to configs/accelerator.py's values (one batch shape of
-  # 80,000 padded points: 400 examples at 200 points, 128 words; bf16; lr 1e-3 after
-  # 1,000 warmup steps; workers on all but two cores; validation every 1,000 steps).
+  # The recipe's flags default to configs/accelerator.py's values (unset: the preset's).
   preset = "configs/accelerator.py's"
   parser.add_argument("--points_per_batch", type=int, help=f"padded points per batch ({preset})")
   parser.add_argument("--point_buckets", help=f"comma-separated ({preset})")

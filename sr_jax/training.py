@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -491,12 +492,13 @@ def _export(workdir: str, graphdef, state, config, record: dict, eval_metrics: d
       "data": json.loads(config.data.to_json_best_effort()),
       "generator": json.loads(config.generator.to_json_best_effort()),
   }
-  pretrained.write_arrays(os.path.join(workdir, "model.srj"), model.config, params, card,
-                          dtype="float16")
-  if keep:
-    os.makedirs(os.path.join(workdir, "models"), exist_ok=True)
-    pretrained.write_arrays(os.path.join(workdir, "models", f"step_{record['step']}.srj"),
-                            model.config, params, card, dtype="float16")
+  path = os.path.join(workdir, "model.srj")
+  pretrained.write_arrays(path, model.config, params, card, dtype="float16")
+  if keep:  # the same bytes: copied, not encoded again
+    kept = os.path.join(workdir, "models", f"step_{record['step']}.srj")
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copyfile(path, kept + ".tmp")
+    os.replace(kept + ".tmp", kept)
 
 
 def _work_done(train_cfg: TrainConfig, totals: dict) -> float | None:

@@ -420,3 +420,17 @@ def test_startup_seconds_are_reported(tmp_path, monkeypatch):
   (startup,) = [l for l in lines if "startup_first_step_s" in l]
   assert startup["step"] == 0
   assert startup["startup_first_step_s"] == metrics["startup_first_step_s"]
+
+
+def test_kept_model_files_are_each_validations_export(tmp_path):
+  """keep_model_files: workdir/models/step_<N>.srj per validation, each the model file
+  of its step (the last one the same bytes as workdir/model.srj)."""
+  training.train_and_evaluate(_config(num_steps=4, eval_every=2, keep_model_files=True),
+                              str(tmp_path))
+  models = tmp_path / "models"
+  assert sorted(p.name for p in models.iterdir()) == ["step_2.srj", "step_4.srj"]
+  assert pretrained.card(str(models / "step_2.srj"))["steps"] == 2
+  assert (models / "step_4.srj").read_bytes() == (tmp_path / "model.srj").read_bytes()
+  step_2, step_4 = (pretrained.param_arrays(pretrained.load(str(models / name)))
+                    for name in ("step_2.srj", "step_4.srj"))
+  assert any(not np.array_equal(step_2[k], step_4[k]) for k in step_2)
