@@ -15,11 +15,14 @@ results.json and the next one still runs:
 3. training: train.py's loop on --size for --train_minutes of wall-clock (less when
    --deadline_minutes leaves less after --infer_reserve_minutes), the input pipeline in
    --workers grain processes, no orbax checkpoints, warm-started from --init_from when
-   its model config matches (a fresh model otherwise), then the model file written to
-   --out in parts of <= 16 MiB (pretrained.py joins them), with its metrics.jsonl and
-   the model file of the validation nearest half-way (for the learning curve). If
-   training fails after a validation, that validation's export is written; before
-   one, with workers, it runs again with the data generated in its own process.
+   its model config matches (a fresh model otherwise; the warm start resumes the file's
+   learning-rate schedule), the rate falling linearly to 0 over the last
+   --cooldown_fraction of its minutes (a finished model at the budget), then the model
+   file written to --out in parts of <= 16 MiB (pretrained.py joins them), with its
+   metrics.jsonl and the model file of the validation nearest half-way (for the
+   learning curve). If training fails after a validation, that validation's export is
+   written; before one, with workers, it runs again with the data generated in its own
+   process.
 4. inference: the whole fitting pipeline on the device (decoding, scoring, refinement,
    --infer_search seconds of search), eval.py's way (suite_runner), for the model just
    trained and for --init_from, on the same --infer_problems in-domain problems with
@@ -62,10 +65,11 @@ def _devices(args) -> dict:
 def _run_config(size: str, args):
   """configs/accelerator.py (the shipped model's recipe) at `size`, with the flags that
   change what the compiled train step depends on (dtype, batch shape, the optimizer's
-  schedule). The throughput and training stages share it: the second lease's training
-  recompiled for ~50 s because its warmup differed from the throughput stage's, so
-  the persistent compile cache missed."""
+  schedule, a warm start's schedule offset). The throughput and training stages share
+  it: the second lease's training recompiled for ~50 s because its warmup differed
+  from the throughput stage's, so the persistent compile cache missed."""
   from configs import accelerator
+  from sr_jax import pretrained, training
   config = accelerator.get_config(f"size={size}")
   if args.dtype:
     config.model.dtype = args.dtype
@@ -79,6 +83,12 @@ def _run_config(size: str, args):
     config.optim.learning_rate = args.learning_rate
   if args.warmup_steps is not None:
     config.optim.warmup_steps = args.warmup_steps
+  if args.init_from:  # a warm start where the file is this size's architecture
+    header, _ = pretrained.read(args.init_from)
+    if pretrained.model_config(header, args.init_from) == pretrained.architecture(
+        training.RunConfig.from_config_dict(config).model):
+      config.train.init_from = args.init_from
+      config.optim.schedule_offset = args.schedule_offset
   return config
 
 
@@ -90,6 +100,7 @@ def _training_config(args):
   if args.eval_every:
     config.train.eval_every = args.eval_every
   config.train.max_minutes = args.train_minutes
+  config.train.cooldown_minutes = args.cooldown_fraction * args.train_minutes
   config.train.checkpoint_every = 0  # the lease keeps only the model file: no orbax saves
   config.train.keep_model_files = True  # for the midpoint file (_midpoint_model)
   return config
@@ -119,9 +130,11 @@ def _midpoint_model(workdir: str, final_step: int, out: str, size: str) -> str |
 def _throughput(size: str, args) -> dict:
   """Device throughput of one size: pre-generated batches, no input pipeline."""
   import jax
+  import numpy as np
   from flax import nnx
   from sr_jax import data, flops, model, training
-  cfg = training.RunConfig.from_config_dict(_run_config(size, args))
+  cfg = training.resolve_schedule_offset(
+      training.RunConfig.from_config_dict(_run_config(size, args)))
   mesh = training.sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings = training.create_state(cfg, mesh)
   train, evaluate, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
@@ -135,12 +148,14 @@ def _throughput(size: str, args) -> dict:
   length = batches[0]["targets_BxL"].shape[1]
   with jax.set_mesh(mesh):
     start = time.time()
-    state, metrics = train(state, training.to_global(batches[0], batch_shardings))
+    # The factor as the loop passes it (cooldown_factor's float32): the same program.
+    state, metrics = train(state, training.to_global(batches[0], batch_shardings),
+                           np.float32(1))
     jax.block_until_ready(metrics)
     compile_seconds = time.time() - start
     start = time.time()
     for batch in batches[1:]:
-      state, metrics = train(state, training.to_global(batch, batch_shardings))
+      state, metrics = train(state, training.to_global(batch, batch_shardings), np.float32(1))
     jax.block_until_ready(metrics)
     seconds = time.time() - start
     # The validation batches have this shape too: compiled here, training's first
@@ -172,13 +187,8 @@ def _train(args) -> dict:
   """train.py's loop for --train_minutes; returns the model card's numbers."""
   from sr_jax import pretrained, training
   config = _training_config(args)
-  if args.init_from:
-    header, _ = pretrained.read(args.init_from)
-    if pretrained.model_config(header, args.init_from) == pretrained.architecture(
-        training.RunConfig.from_config_dict(config).model):
-      config.train.init_from = args.init_from
-    else:
-      print(f"not warm-starting: {args.init_from} is another model config", flush=True)
+  if args.init_from and not config.train.init_from:
+    print(f"not warm-starting: {args.init_from} is another model config", flush=True)
   workdir = os.path.join(args.workdir, args.size)
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.time()
@@ -266,6 +276,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--warmup_steps", type=int, help=f"({preset})")
   parser.add_argument("--eval_every", type=int, help=f"steps between validations ({preset})")
   parser.add_argument("--init_from", default=str(ROOT / "sr_jax" / "assets" / "default_model.srj"))
+  parser.add_argument("--schedule_offset", type=int, default=-1,
+                      help="a warm start's learning rate resumes at this step of the schedule "
+                           "(-1: the file's steps; 0: warm up to the peak again, as the "
+                           "second lease did)")
+  # On the CPU, 200 steps of cooldown (80k examples, 3% of what the shipped s7m had seen)
+  # took its validation loss from 2.000 to 1.9925, as much as the lease's last ~330k
+  # examples at the undecayed rate (BENCHMARKS.md, "A cooldown"); WSD runs use 10-20%.
+  parser.add_argument("--cooldown_fraction", type=float, default=0.2,
+                      help="the last fraction of the training minutes takes the learning "
+                           "rate linearly to 0")
   parser.add_argument("--infer_problems", type=int, default=30,
                       help="in-domain problems of the inference stage (0: skip it); the "
                            "second lease ran 60 in 89 s, mostly compiles")

@@ -68,7 +68,7 @@ def measure(size: str, variant: str, points_per_batch: int, steps: int,
       start = time.time()
       batch = next(batches)
       made = time.time()
-      state, metrics = train(state, training.to_global(batch, batch_shardings))
+      state, metrics = train(state, training.to_global(batch, batch_shardings), np.float32(1))
       jax.block_until_ready(metrics)
       elapsed = time.time() - made
       data_seconds += made - start

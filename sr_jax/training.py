@@ -62,6 +62,10 @@ class TrainConfig:
   max_examples: float = 0.0
   max_flops: float = 0.0
   init_from: str = ""  # a model file (pretrained.py) to warm-start a new run from
+  # A cooldown (cooldown_factor): the learning rate falls linearly to 0 over the last
+  # cooldown_steps of num_steps and/or the last cooldown_minutes of max_minutes.
+  cooldown_steps: int = 0
+  cooldown_minutes: float = 0.0
   keep_model_files: bool = False  # also keep workdir/models/step_<N>.srj per validation
 
 
@@ -180,21 +184,22 @@ def loss_and_grads(model, batch, grad_accum_steps: int = 1):
   return jax.tree.map(lambda g: g / count, grads), sums
 
 
-def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch):
-  """One optimizer step on the gradients of `loss_and_grads`."""
+def train_step(graphdef, lr_schedule, grad_accum_steps, state, batch, lr_factor):
+  """One optimizer step on the gradients of `loss_and_grads`, the schedule's rate
+  times lr_factor (a cooldown's, given at run time: cooldown_factor)."""
   model, optimizer = nnx.merge(graphdef, state)
   grads, sums = loss_and_grads(model, batch, grad_accum_steps)
   count = jnp.maximum(sums[1], 1.0)
   param_norm = optax.tree.norm(nnx.state(model, nnx.Param))
   step = optimizer.step[...]
-  optimizer.update(model, grads)
+  optimizer.update(model, grads, lr_factor=lr_factor)
   metrics = {
       "loss": sums[0] / count,
       "token_accuracy": sums[2] / count,
       "target_tokens": sums[1],
       "grad_norm": optax.tree.norm(grads),
       "param_norm": param_norm,
-      "learning_rate": lr_schedule(step),
+      "learning_rate": lr_schedule(step) * lr_factor,
   }
   return nnx.state((model, optimizer)), metrics
 
@@ -212,7 +217,8 @@ def compile_steps(cfg: RunConfig, graphdef, state_shardings, mesh):
   step_fn = functools.partial(train_step, graphdef,
                               optim.learning_rate_schedule(cfg.optim),
                               cfg.train.grad_accum_steps)
-  train = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+  scalar = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  train = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings, scalar),
                   out_shardings=(state_shardings, None), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, graphdef),
                      in_shardings=(state_shardings, batch_shardings))
@@ -327,6 +333,22 @@ def _should_stop(cfg: TrainConfig, started: float, cpu_started: float,
   return stop
 
 
+def cooldown_factor(cfg: TrainConfig, step: int, elapsed_seconds: float) -> np.float32:
+  """The learning rate's multiplier at `step`, `elapsed_seconds` into the run: 1, then
+  linear to 0 over the last cooldown_steps of num_steps and the last cooldown_minutes
+  of max_minutes (the smaller where both are set), so a run ends with a finished model
+  at its step count or its time budget. Process 0's clock decides for all."""
+  factor = 1.0
+  if cfg.cooldown_steps > 0:
+    factor = min(factor, (cfg.num_steps - step) / cfg.cooldown_steps)
+  if cfg.cooldown_minutes > 0 and cfg.max_minutes > 0:
+    factor = min(factor, (cfg.max_minutes - elapsed_seconds / 60) / cfg.cooldown_minutes)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      factor = float(multihost_utils.broadcast_one_to_all(np.float32(factor)))
+  return np.float32(min(max(factor, 0.0), 1.0))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from workdir's newest checkpoint if there is one, else warm-starting
   from train.init_from if set), logs, evaluates, checkpoints and exports the model file
@@ -334,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   that ends past max_minutes of wall-clock or after a SIGTERM / SIGINT (checkpoint and
   export written). Returns the last logged metrics."""
   started, cpu_started = time.time(), time.process_time()
-  cfg = RunConfig.from_config_dict(config)
+  cfg = resolve_schedule_offset(RunConfig.from_config_dict(config))
   mesh = sharding.make_mesh(cfg.mesh)
   logging.info("devices: %d (%s), processes: %d, mesh: %s", jax.device_count(),
                jax.devices()[0].device_kind, jax.process_count(), dict(mesh.shape))
@@ -396,7 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step == start_step:
         first_batch_seconds = time.time() - started
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = train(state, to_global(host_batch, batch_shardings))
+        state, metrics = train(state, to_global(host_batch, batch_shardings),
+                               cooldown_factor(cfg.train, step, time.time() - started))
       if step == start_step:  # jit compiles before it dispatches: the startup's cost
         startup = {"startup_first_batch_s": first_batch_seconds,
                    "startup_first_step_s": time.time() - started}
@@ -437,6 +460,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
   writer.close()
   return last_metrics
+
+
+def resolve_schedule_offset(cfg: RunConfig) -> RunConfig:
+  """optim.schedule_offset=-1 -> the steps the warm-start file's run trained (its card's
+  data_steps), so a continued model resumes its learning rate instead of warming up to
+  the peak again."""
+  if cfg.optim.schedule_offset >= 0:
+    return cfg
+  if not cfg.train.init_from:
+    raise ValueError("optim.schedule_offset=-1 resumes the schedule of the warm-start "
+                     "file's run: set train.init_from (or give the offset in steps)")
+  card = pretrained.card(cfg.train.init_from)
+  offset = int(card.get("data_steps", card.get("steps", 0)))
+  logging.info("learning-rate schedule resumed at step %d (%s)", offset, cfg.train.init_from)
+  return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule_offset=offset))
 
 
 def _warm_start(cfg: RunConfig, graphdef, state, state_shardings):

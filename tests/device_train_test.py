@@ -79,13 +79,14 @@ def _device_train_module():
 
 
 def _train_step_hlo(config) -> str:
-  cfg = training.RunConfig.from_config_dict(config)
+  cfg = training.resolve_schedule_offset(training.RunConfig.from_config_dict(config))
   mesh = sharding.make_mesh(cfg.mesh)
   graphdef, state, shardings = training.create_state(cfg, mesh)
   train, _, batch_shardings = training.compile_steps(cfg, graphdef, shardings, mesh)
   batch = data.HostBatch(dataclasses.replace(cfg.data, length_groups=1))(0)
   with jax.set_mesh(mesh):
-    return train.lower(state, training.to_global(batch, batch_shardings)).as_text()
+    return train.lower(state, training.to_global(batch, batch_shardings),
+                       training.cooldown_factor(cfg.train, 0, 0.0)).as_text()
 
 
 def test_throughput_stage_compiles_the_training_step():
@@ -99,6 +100,25 @@ def test_throughput_stage_compiles_the_training_step():
   assert throughput == _train_step_hlo(device_train._training_config(args))
   args.learning_rate = 5e-4  # the preset's is 1e-3
   assert throughput != _train_step_hlo(device_train._training_config(args))
+
+
+def test_a_warm_started_lease_resumes_the_file_s_schedule_in_both_stages():
+  """Warm-starting the shipped s7m, both stages build the step with the rate of the
+  file's next step (one program, in the cache for training), and the training stage
+  cools down over its budget's last minutes."""
+  device_train = _device_train_module()
+  args = device_train.parse_args(["--size", "s7m", "--train_minutes", "6"])
+  run = device_train._run_config("s7m", args)
+  trained = device_train._training_config(args)
+  assert run.train.init_from == trained.train.init_from
+  assert os.path.samefile(trained.train.init_from, pretrained.DEFAULT_MODEL)
+  resumed = training.resolve_schedule_offset(training.RunConfig.from_config_dict(trained))
+  assert resumed.optim.schedule_offset == pretrained.card()["data_steps"] > 0
+  assert trained.train.max_minutes == 6 and trained.train.cooldown_minutes > 0
+  hlo = _train_step_hlo(run)
+  assert hlo == _train_step_hlo(trained)
+  args.schedule_offset = 0  # warm up to the peak again: another program
+  assert hlo != _train_step_hlo(device_train._run_config("s7m", args))
 
 
 def test_the_accelerator_preset_is_the_shipped_models_recipe():

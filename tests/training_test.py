@@ -56,7 +56,7 @@ def test_overfits_one_batch():
   with jax.set_mesh(mesh):
     losses = []
     for _ in range(40):
-      state, metrics = train(state, training.to_global(batch, batch_shardings))
+      state, metrics = train(state, training.to_global(batch, batch_shardings), np.float32(1))
       losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.5 * losses[0], losses
   assert float(metrics["token_accuracy"]) > 0.2  # from ~0.01 at initialisation
@@ -134,7 +134,7 @@ def test_sharded_and_accumulated_step_matches_single_device():
     cfg, mesh, state, train, batch_shardings = _setup(config, mesh_shape)
     batch = data.HostBatch(cfg.data)(0)
     with jax.set_mesh(mesh):
-      state, metrics = train(state, training.to_global(batch, batch_shardings))
+      state, metrics = train(state, training.to_global(batch, batch_shardings), np.float32(1))
     results.append((_named(state), float(metrics["loss"])))
   (reference, loss), (params, other_loss) = results
   assert other_loss == pytest.approx(loss, rel=1e-5)
@@ -372,6 +372,45 @@ def test_warm_start_loads_the_file_and_continues_the_data(tmp_path):
   other.model.num_decoder_layers = 2
   with pytest.raises(pretrained.ModelFileError, match="num_decoder_layers"):
     training.train_and_evaluate(other, str(tmp_path / "mismatch"))
+
+
+def test_a_warm_start_resumes_the_file_s_schedule_and_cools_down(tmp_path):
+  """schedule_offset=-1 takes the file's steps: the run's first step has the rate the
+  file's run would have had next (no warmup to the peak again), and the cooldown takes
+  it linearly towards 0 at num_steps."""
+  first = _config(num_steps=4)
+  first.optim.warmup_steps = 2
+  training.train_and_evaluate(first, str(tmp_path / "first"))
+  config = _config(num_steps=3, log_every=1, cooldown_steps=3,
+                   init_from=str(tmp_path / "first" / "model.srj"))
+  config.optim.warmup_steps = 2
+  config.optim.update(schedule_offset=-1, rewarmup_steps=1)
+  training.train_and_evaluate(config, str(tmp_path / "second"))
+  rates = [l["learning_rate"] for l in map(json.loads, open(tmp_path / "second" / "metrics.jsonl"))
+           if "learning_rate" in l]
+  def inverse_sqrt(step):  # the file's run: 3e-3 * sqrt(warmup / step) after warmup
+    return 3e-3 * np.sqrt(2 / step)
+  np.testing.assert_allclose(
+      rates, [inverse_sqrt(4), inverse_sqrt(5) * 2 / 3, inverse_sqrt(6) / 3], rtol=1e-5)
+  config.train.init_from = ""
+  with pytest.raises(ValueError, match="set train.init_from"):
+    training.train_and_evaluate(config, str(tmp_path / "third"))
+
+
+def test_cooldown_factor_over_the_last_steps_and_minutes():
+  by_steps = training.TrainConfig(num_steps=100, cooldown_steps=40)
+  assert [training.cooldown_factor(by_steps, s, 0.0) for s in (0, 60, 80, 99)] == [
+      1.0, 1.0, 0.5, pytest.approx(1 / 40)]
+  by_time = training.TrainConfig(max_minutes=10.0, cooldown_minutes=2.0)
+  assert [training.cooldown_factor(by_time, 5, 60.0 * m) for m in (1, 8, 9, 10, 11)] == [
+      1.0, 1.0, 0.5, 0.0, 0.0]
+  both = training.TrainConfig(num_steps=100, cooldown_steps=40, max_minutes=10.0,
+                              cooldown_minutes=2.0)
+  assert training.cooldown_factor(both, 80, 60.0 * 9.5) == 0.25  # the smaller one
+  assert training.cooldown_factor(both, 90, 60.0 * 9.0) == 0.25
+  unbudgeted = training.TrainConfig(cooldown_minutes=2.0)  # no max_minutes: no end known
+  assert training.cooldown_factor(unbudgeted, 5, 1e6) == 1.0
+  assert training.cooldown_factor(by_steps, 5, 0.0).dtype == np.float32  # one program
 
 
 def test_accumulation_that_does_not_divide_the_batch_is_named():
