@@ -84,7 +84,7 @@ def _run_config(size: str, args):
   if args.warmup_steps is not None:
     config.optim.warmup_steps = args.warmup_steps
   if args.init_from:  # a warm start where the file is this size's architecture
-    header, _ = pretrained.read(args.init_from)
+    header = pretrained.read_header(args.init_from)
     if pretrained.model_config(header, args.init_from) == pretrained.architecture(
         training.RunConfig.from_config_dict(config).model):
       config.train.init_from = args.init_from

@@ -142,8 +142,9 @@ def _read_bytes(path: str) -> bytes:
   return b"".join(open(p, "rb").read() for p in parts)
 
 
-def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """(header, float32 arrays by name) of a model file, every check done."""
+def _open(path: str) -> tuple[zipfile.ZipFile, dict]:
+  """The file's archive and its checked header (format, version, token format,
+  vocabularies)."""
   data = _read_bytes(path)
   try:
     archive = zipfile.ZipFile(io.BytesIO(data))
@@ -164,6 +165,17 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
   if header.get("vocabulary") != expected_vocab:
     raise ModelFileError(f"{path!r} was trained with other vocabularies "
                          f"({header.get('vocabulary')} vs this sr_jax's {expected_vocab})")
+  return archive, header
+
+
+def read_header(path: str) -> dict:
+  """The checked header of a model file (model config, card), its arrays not decoded."""
+  return _open(path)[1]
+
+
+def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """(header, float32 arrays by name) of a model file, every check done."""
+  archive, header = _open(path)
   arrays = {}
   for name, spec in header["arrays"].items():
     try:
@@ -230,4 +242,4 @@ def with_params(model: Transformer, arrays: dict[str, np.ndarray], path: str = "
 
 def card(path: str = DEFAULT_MODEL) -> dict:
   """The card of a model file (its training facts), without building the model."""
-  return read(path)[0]["card"]
+  return read_header(path)["card"]

@@ -127,6 +127,16 @@ def test_corrupt_array_is_named(model, tmp_path):
   _rewrite(path, edit_member=flip)
   with pytest.raises(pretrained.ModelFileError, match="token_embed is corrupt"):
     pretrained.load(path)
+  # The header alone (card, model config) does not decode the arrays, so it reads.
+  assert pretrained.read_header(path)["model_config"]["d_model"] == model.config.d_model
+
+
+def test_the_header_alone_is_checked_too(model, tmp_path):
+  path = str(tmp_path / "m.srj")
+  pretrained.write(path, model)
+  _rewrite(path, edit_header=lambda h: h.update(version=99))
+  with pytest.raises(pretrained.ModelFileError, match="format version 99"):
+    pretrained.card(path)
 
 
 def test_overflowing_half_precision_is_refused(tmp_path):
