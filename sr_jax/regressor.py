@@ -55,6 +55,10 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   instead of 0.52 s, at the same accuracy, BENCHMARKS.md);
   num_refine: top distinct skeletons whose constants are refined (refine_method
   'lm' or 'lbfgs', refine_iters iterations);
+  residual_rounds: rounds in which a dataset whose best formula f fits to R2 < 0.999 is
+  decoded again with y - f(x) as the target, the formulas g found joining as f + g
+  refitted on y (1; 0 turns it off): the model misses a term of a long formula more
+  often than it writes a short one wrong (inference.InferenceConfig, BENCHMARKS.md);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
   with the model's candidates, with sums and ratios of a few terms fitted by
   sparse regression and with power laws times a function of a product of features
@@ -89,7 +93,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                num_candidates: int = 10, temperature: float = 1.0, max_len: int = 128,
                max_bags: int = 3, views: tuple[str, ...] = inference.InferenceConfig.views,
                max_score_points: int = 2_000, num_refine: int = 10,
-               refine_method: str = "lm",
+               residual_rounds: int = 1, refine_method: str = "lm",
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
                complexity_penalty: float = 1e-3, r2_tolerance: float = 1e-4,
@@ -106,6 +110,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.views = views
     self.max_score_points = max_score_points
     self.num_refine = num_refine
+    self.residual_rounds = residual_rounds
     self.refine_method = refine_method
     self.refine_iters = refine_iters
     self.search_time = search_time
@@ -129,6 +134,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         temperature=self.temperature, max_len=self.max_len, max_bags=self.max_bags,
         views=(self.views,) if isinstance(self.views, str) else tuple(self.views),
         max_score_points=self.max_score_points, num_refine=self.num_refine,
+        residual_rounds=self.residual_rounds,
         refine=refine.RefineConfig(method=self.refine_method,
                                    max_iters=self.refine_iters, seed=seed),
         search_time=self.search_time,

@@ -90,7 +90,8 @@ def test_every_bag_is_shown_in_every_view():
   def propose(bags):
     seen.extend(bags)
     return [[] for _ in bags]
-  config = inference.InferenceConfig(views=inference.VIEWS, max_bags=4)
+  # No residual round: the constant left in the pool would send every bag again.
+  config = inference.InferenceConfig(views=inference.VIEWS, max_bags=4, residual_rounds=0)
   output = inference.run(None, datasets, config, propose=propose)
   assert [(i, view) for i, _, _, view in seen] == [
       (i, view) for i, bags in ((0, 1), (1, 4)) for _ in range(bags) for view in config.views]
@@ -118,7 +119,9 @@ def test_a_formula_is_scored_refined_and_unscaled_in_its_own_view():
   x = np.linspace(1, 5, 120)[:, None]
   y = 2 * x[:, 0]
   propose = lambda bags: [[["mul", 1.0, "x_0"]] for _ in bags]
-  alone = inference.run(None, [(x, y)], inference.InferenceConfig(views=("standardised",)),
+  # Without residual rounds: one would add the offset c z misses.
+  alone = inference.run(None, [(x, y)], inference.InferenceConfig(views=("standardised",),
+                                                                  residual_rounds=0),
                         propose=propose).results[0]
   assert alone.best.r2 < 0.99
   for view in ("scaled", "raw"):
@@ -181,7 +184,8 @@ def test_a_negated_formula_is_read_as_minus_itself():
     seen_y.extend(b[2] for b in bags)
     return [[["exp", "x_0"]] for _ in bags]
   for view, fits in (("standardised", False), ("negated", True)):
-    config = inference.InferenceConfig(views=(view,), num_refine=0, selection="r2")
+    config = inference.InferenceConfig(views=(view,), num_refine=0, selection="r2",
+                                       residual_rounds=0)
     result = inference.run(None, [(x, y)], config, propose=propose).results[0]
     assert (result.best.r2 > 1 - 1e-9) == fits
   np.testing.assert_allclose(result.predict(x), y, rtol=1e-9)
@@ -267,7 +271,8 @@ def test_adding_a_view_only_adds_candidates(monkeypatch):
                       finish(prepared, owners, proposals, *a))
   for views in (("standardised",), ("standardised", "scaled")):
     inference.run(model, datasets, inference.InferenceConfig(
-        num_candidates=4, max_len=16, num_refine=1, max_bags=2, decode_batch=4, views=views))
+        num_candidates=4, max_len=16, num_refine=1, max_bags=2, decode_batch=4, views=views,
+        residual_rounds=0))
   alone, both = decoded
   assert len(both) == 2 * len(alone)
   assert [p for (_, view), p in both if view == "standardised"] == [p for _, p in alone]
@@ -529,6 +534,7 @@ def test_the_search_waits_until_every_bag_is_decoded(monkeypatch):
   config = inference.InferenceConfig(
       num_candidates=2, max_len=16, num_refine=1, max_bags=1, decode_batch=1,
       views=("standardised",),  # one decoding call per dataset
+      residual_rounds=0,  # its own decoder would be decoders[-1]
       search=inference.search.SearchConfig(generations=1, population=8, offspring=4,
                                            refined=4))
   output = inference.run(model, datasets, config)
@@ -561,3 +567,67 @@ def test_a_formula_that_fails_just_outside_the_data_loses_to_one_as_good():
   unguarded = inference.run(None, [(x, y)], dataclasses.replace(config, extrapolation_margin=0),
                             propose=propose).results[0]
   assert "sqrt" in unguarded.best.prefix
+
+
+def _one_term_proposer(terms, x):
+  """A stand-in for a model that writes single terms only: every bag gets each of
+  `terms` (formulas over the raw x) rewritten for the bag's view, constants perturbed
+  by a stream of the bag's own points (as the model's samples are). Counts its calls."""
+  calls = []
+
+  def propose(bags):
+    calls.append(len(bags))
+    out = []
+    for _, u, v, view in bags:
+      rng = np.random.default_rng(np.frombuffer(np.concatenate([u.ravel(), v]).tobytes(),
+                                                np.uint32))
+      centre, scale, columns, y_sign = _view(x, view)
+      written = [standardised(term, centre, scale, columns) for term in terms]
+      out.append([_perturb(w if y_sign > 0 else ["mul", -1.0, *w], rng) for w in written])
+    return out
+  return propose, calls
+
+
+def test_a_residual_round_adds_the_term_the_first_pass_missed():
+  """y = 3 x0 x1 + 2 sin(1.5 x1): no single term fits (R2 < 0.99); the residual round
+  decodes y - f for the best single term f, finds the other term, and f + g refitted on y
+  is the law on fresh points (numpy oracle). Without the round, the best stays one term."""
+  rng = np.random.default_rng(11)
+  x, fresh = rng.uniform(-2, 2, size=(300, 2)), rng.uniform(-2, 2, size=(100, 2))
+  law = lambda x: 3 * x[:, 0] * x[:, 1] + 2 * np.sin(1.5 * x[:, 1])
+  terms = [["mul", 3.0, "mul", "x_0", "x_1"], ["mul", 2.0, "sin", "mul", 1.5, "x_1"]]
+  propose, calls = _one_term_proposer(terms, x)
+  without = inference.run(None, [(x, law(x))], inference.InferenceConfig(residual_rounds=0),
+                          propose=propose).results[0]
+  assert without.best.r2 < 0.99 and len(calls) == 1
+  result = inference.run(None, [(x, law(x))], inference.InferenceConfig(),
+                         propose=propose).results[0]
+  assert len(calls) == 3  # the first pass, then one residual round
+  assert result.best.source == "residual" and result.best.refined
+  np.testing.assert_allclose(result.predict(fresh), law(fresh), rtol=1e-6, atol=1e-9)
+
+
+def test_a_dataset_already_fitted_gets_no_residual_round():
+  """A formula at R2 >= residual_below is not decoded again; one below it is, and each
+  dataset's table is the same alone as beside the other."""
+  rng = np.random.default_rng(12)
+  x = rng.uniform(-2, 2, size=(200, 2))
+  exact = 3 * x[:, 0] * x[:, 1]
+  two_terms = exact + 2 * np.sin(1.5 * x[:, 1])
+  terms = [["mul", 3.0, "mul", "x_0", "x_1"], ["mul", 2.0, "sin", "mul", 1.5, "x_1"]]
+  propose, calls = _one_term_proposer(terms, x)
+  alone = inference.run(None, [(x, exact)], propose=propose).results[0]
+  assert len(calls) == 1 and alone.best.source == "model" and alone.best.r2 > 1 - 1e-12
+  both = inference.run(None, [(x, exact), (x, two_terms)], propose=propose).results
+  # The residual round decodes only the second dataset: 3 views x 1 bag.
+  assert calls[1:] == [6, 3]
+  for a, b in zip(both[0].candidates, alone.candidates, strict=True):
+    assert a.prefix == b.prefix and a.r2 == pytest.approx(b.r2, abs=1e-12)
+  assert both[1].best.source == "residual" and both[1].best.r2 > 1 - 1e-12
+
+
+@pytest.mark.parametrize("field, value", [("residual_rounds", -1), ("residual_terms", 0),
+                                          ("residual_bags", -1)])
+def test_bad_residual_settings_are_refused(field, value):
+  with pytest.raises(ValueError, match="sizes must be positive"):
+    inference.InferenceConfig(**{field: value})

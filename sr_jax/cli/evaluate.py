@@ -45,6 +45,10 @@ _SCREEN = flags.DEFINE_integer(
     "screen_points", inference.InferenceConfig.screen_points,
     "Candidates are screened on this many training points before the best are ranked "
     "on all (0: every candidate on all points, as E2E).")
+_RESIDUAL_ROUNDS = flags.DEFINE_integer(
+    "residual_rounds", inference.InferenceConfig.residual_rounds,
+    "Rounds that decode formulas for the residual y - f(x) of a dataset's best formula f "
+    "and add them to it (0: off).", lower_bound=0)
 _SEARCH_TIME = flags.DEFINE_float("search_time", 2.0,
                                   "Seconds of evolutionary search per dataset (0: off).")
 _SYMBOLIC = flags.DEFINE_list("symbolic_suites", ["feynman", "feynman_bonus", "strogatz"],
@@ -93,6 +97,7 @@ def main(argv):
                                           views=tuple(_VIEWS.value),
                                           decode_batch=_DECODE_BATCH.value,
                                           screen_points=_SCREEN.value,
+                                          residual_rounds=_RESIDUAL_ROUNDS.value,
                                           search_time=_SEARCH_TIME.value))
   rows = suite_runner.run(model, problems, _OUTDIR.value, config)
   paths = report.write(rows, _OUTDIR.value, f"sr_jax on {', '.join(_SUITE.value)}")
