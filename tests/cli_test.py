@@ -151,12 +151,13 @@ def test_eval_passes_its_decoding_and_screening_flags_and_refuses_zero_temperatu
   assert seen[0].views == inference.InferenceConfig().views
   assert seen[0].screen_points == inference.InferenceConfig().screen_points > 0
   assert seen[0].decode_batch == inference.InferenceConfig().decode_batch
+  assert seen[0].residual_rounds == inference.InferenceConfig().residual_rounds == 1
   with flagsaver.flagsaver(views=["scaled", "reversed"], screen_points=0, decode_batch=4,
-                           suite=["strogatz"], outdir=str(tmp_path)):
+                           residual_rounds=0, suite=["strogatz"], outdir=str(tmp_path)):
     with pytest.raises(Stop):
       evaluate.main([])
   assert seen[1].views == ("scaled", "reversed") and seen[1].screen_points == 0
-  assert seen[1].decode_batch == 4
+  assert seen[1].decode_batch == 4 and seen[1].residual_rounds == 0
   done = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--temperature", "0"],
                         capture_output=True, text=True, timeout=120)
   assert done.returncode != 0 and "--temperature must be > 0" in done.stderr
