@@ -794,13 +794,12 @@ def _residual_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames:
   output = fit_residuals(datasets, nested)
   combined = []
   for (i, f), result in zip(owners, output.results):
+    # g reads x_k as column result.features[k] of the residual dataset's X, x_kept.
+    unit = np.ones(len(result.features))
     for g in result.candidates:
       if g.source != "constant":  # f + a constant: f's own refit
-        columns = [f"x_{k}" for k in result.features]
-        g_prefix = [columns[operators.variable_index(t)]
-                    if isinstance(t, str) and operators.variable_index(t) is not None
-                    else t for t in g.prefix]
-        combined.append((i, _Entry(tidy.fold(["add", *f, *g_prefix]), False, np.inf,
+        g_kept = unscale(g.prefix, unit - 1, unit, result.features)
+        combined.append((i, _Entry(tidy.fold(["add", *f, *g_kept]), False, np.inf,
                                    -np.inf, "residual", "raw")))
   if combined:
     _refine_into(pools, combined, frames, config)
