@@ -176,8 +176,9 @@ def main():
     refined = _scipy_refine(prefix, x[:1024], y[:1024])
     scipy_times.append(time.perf_counter() - begin)
     scipy_r2.append(metrics.r2(y, expressions.evaluate(refined, x)))
-  rows.append(("scipy BFGS, per expression", "float64", "-", sum(scipy_times),
-               np.array(scipy_r2), np.median(scipy_times)))
+  if scipy_num:
+    rows.append(("scipy BFGS, per expression", "float64", "-", sum(scipy_times),
+                 np.array(scipy_r2), np.median(scipy_times)))
   eval_cold, eval_warm, gpops = _evaluation_throughput(problems)
   load_after = os.getloadavg()
 
@@ -199,11 +200,12 @@ def main():
           f"{count / seconds:.1f} | {per} | {np.mean(r2 > 0.99):.3f} | "
           f"{np.mean(r2 > 0.999):.3f} |")
   warm32 = rows[1]
-  scipy_rate = scipy_num / sum(scipy_times)
   print()
-  print(f"warm float32 sr_jax vs this scipy baseline: "
-        f"{args.num / warm32[3] / scipy_rate:.0f}x expressions/s")
-  if scipy_num < args.num:
+  if scipy_num:  # --scipy_num 0: sr_jax alone
+    scipy_rate = scipy_num / sum(scipy_times)
+    print(f"warm float32 sr_jax vs this scipy baseline: "
+          f"{args.num / warm32[3] / scipy_rate:.0f}x expressions/s")
+  if 0 < scipy_num < args.num:
     subset = [np.mean(r[4][:scipy_num] > t) for r in (warm32,) for t in (0.99, 0.999)]
     print(f"same {scipy_num} expressions, warm float32 sr_jax: R2>0.99 {subset[0]:.3f}, "
           f"R2>0.999 {subset[1]:.3f}")
