@@ -124,16 +124,16 @@ class InferenceConfig:
   # its training points to R2 < residual_below, or misses more than residual_rtol
   # relative error on over 5% of them (Acc_tau's rule: a large term fitted, a small
   # one missed, R2 1 - 1e-7), is decoded again with the residual y - f(x) as the
-  # target (the same bags, views and samples, up to residual_bags
-  # bags, 0: max_bags); the residual_terms most accurate formulas g for it join the
+  # target (the same bags, views and samples, up to residual_bags bags, 0:
+  # max_bags); the residual_terms most accurate formulas g for it join the
   # pool as f + g, every constant refitted on y. The model writes whole formulas well
   # where they are short; a missed term of a long one is a short formula of its own.
   # On 600 in-domain problems (model alone) R2 > 0.99 rose from 52.0% to 63.7% (74
   # won, 4 lost) for 1.9x the seconds; on 300 others a second pass over y itself,
   # kept where better, gave 61.0% where the residual gave 64.3% (BENCHMARKS.md). A
   # further round starts from the pool the last one left. The relative trigger took
-  # in-domain problems 0-199 from Acc0.1 / 0.01 / 0.001 0.340 / 0.230 / 0.180 to
-  # 0.405 / 0.315 / 0.245 (none lost) for 1.27x the seconds (BENCHMARKS.md).
+  # 600 in-domain problems from Acc0.1 / 0.01 / 0.001 0.382 / 0.238 / 0.168 to
+  # 0.437 / 0.308 / 0.232 (none lost) for 1.22x the seconds (BENCHMARKS.md).
   residual_rounds: int = 1
   residual_below: float = 0.999
   residual_rtol: float = 1e-3

@@ -55,10 +55,11 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   instead of 0.52 s, at the same accuracy, BENCHMARKS.md);
   num_refine: top distinct skeletons whose constants are refined (refine_method
   'lm' or 'lbfgs', refine_iters iterations);
-  residual_rounds: rounds in which a dataset whose best formula f fits to R2 < 0.999 is
-  decoded again with y - f(x) as the target, the formulas g found joining as f + g
-  refitted on y (1; 0 turns it off): the model misses a term of a long formula more
-  often than it writes a short one wrong (inference.InferenceConfig, BENCHMARKS.md);
+  residual_rounds: rounds in which a dataset whose best formula f fits to R2 < 0.999,
+  or is off by over 0.1% on over 5% of the points, is decoded again with y - f(x) as
+  the target, the formulas g found joining as f + g refitted on y (1; 0 turns it
+  off): the model misses a term of a long formula more often than it writes a short
+  one wrong (inference.InferenceConfig, BENCHMARKS.md);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
   with the model's candidates, with sums and ratios of a few terms fitted by
   sparse regression and with power laws times a function of a product of features
