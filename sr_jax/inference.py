@@ -33,8 +33,10 @@ Deviations from E2E, on purpose:
   points, which more samples from one view do not: on 600 in-domain problems, 24.2%,
   29.5% and 32.2% with one, two and three views (BENCHMARKS.md).
 - Residual rounds (InferenceConfig.residual_rounds): where the best refined formula f
-  fits to R2 < 0.999, the model reads the residual y - f(x) as a dataset of its own and
-  the formulas g it writes join the pool as f + g, refitted on y. E2E decodes once.
+  fits to R2 < 0.999, or is off by over 0.1% on over 5% of the points (a large term
+  fitted, a small one missed), the model reads the residual y - f(x) as a dataset of
+  its own and the formulas g it writes join the pool as f + g, refitted on y. E2E
+  decodes once.
 - A constant candidate (the mean of y) is always in the pool, so every dataset gets
   a formula even when no decoded candidate is valid.
 - A candidate reading a column the data lacks is dropped and counted (E2E's
