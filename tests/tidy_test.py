@@ -246,3 +246,54 @@ def test_under_noise_round_constants_are_found_and_needed_ones_kept():
   assert not solved(found) and not solved(strict)
   assert solved(tidied)
   assert "x_1" not in tidied
+
+
+def test_a_constant_tries_its_next_proposal_only_when_the_earlier_ones_fail(monkeypatch):
+  """A position keeps its first acceptable proposal (0, then the nearest round values),
+  so a later one is refitted only after every earlier one failed. 1.7 x0 + 1.3 x0 on
+  y = 3 x0: either constant may go to 0 (the other refits to 3), so neither tries
+  5/3 or 7/4; 2.0000001 x1 cannot go to 0, so it tries 2 next."""
+  rng = np.random.default_rng(5)
+  x = rng.uniform(1, 2, size=(100, 2))
+  y = 3 * x[:, 0] + 2 * x[:, 1]
+  found = ["add", "mul", 1.7, "x_0", "add", "mul", 1.3, "x_0", "mul", 2.0000001, "x_1"]
+  tried = []  # per refit call: the formulas it refitted
+  refitted = tidy._refitted
+  monkeypatch.setattr(tidy, "_refitted",
+                      lambda prefixes, *rest: tried.append(prefixes) or refitted(prefixes, *rest))
+  with jax.enable_x64(True):
+    out = tidy.tidy([found], [0], [x], [y])[0]
+  # Round 1 after the start's refit: stage 1 (every 0), stage 2 (the next proposals).
+  rounded = lambda call: [{k: p[k] for k in (2, 6, 9) if expressions.is_small_fraction(p[k])}
+                          for p in call]
+  assert rounded(tried[1]) == [{2: 0.0}, {6: 0.0}, {9: 0.0}]
+  assert rounded(tried[2]) == [{9: 2.0}]
+  np.testing.assert_allclose(expressions.evaluate(out, x), y, rtol=1e-9)
+  assert expressions.to_infix(out) in ("3.0*x_0 + 2.0*x_1", "2.0*x_1 + 3.0*x_0")
+
+
+def test_refits_are_batched_by_constant_count_and_agree_with_refitting_alone(monkeypatch):
+  """A refine call pads its formulas to its most constants (LM's normal equations cost
+  K^2 per point), so tidying refits each constant bucket in its own call; each result
+  is as good as refitting the formula alone."""
+  rng = np.random.default_rng(6)
+  x = rng.uniform(1, 2, size=(200, 2))
+  y = np.exp(0.7 * x[:, 0]) + x[:, 1]
+  short = ["add", 1.1, "mul", 0.9, "exp", "mul", 0.6, "x_0"]
+  long = list(short)
+  for k in range(12):  # 24 more constants
+    long = ["add", long[:], "mul", 0.01 * (k + 1), "mul", 1.0 + 0.1 * k, "x_1"]
+    long = [t for part in long for t in (part if isinstance(part, list) else [part])]
+  counts = []
+  refit = refine.refine
+  monkeypatch.setattr(refine, "refine", lambda prefixes, *rest, **options: counts.append(
+      sorted({expressions.num_constants(p) for p in prefixes})) or refit(prefixes, *rest,
+                                                                       **options))
+  config = tidy.TidyConfig()
+  with jax.enable_x64(True):
+    both, mse = tidy._refitted([long, short, long], [0, 0, 0], [x], [y], config)
+    monkeypatch.setattr(refine, "refine", refit)
+    alone = [tidy._refitted([p], [0], [x], [y], config)[1][0] for p in (long, short)]
+  assert sorted(counts) == [[3], [27]]
+  np.testing.assert_allclose(mse, [alone[0], alone[1], alone[0]], rtol=1e-9)
+  assert both[0] == both[2] and len(both[1]) == len(short)
