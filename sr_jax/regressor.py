@@ -57,7 +57,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   'lm' or 'lbfgs', refine_iters iterations);
   residual_rounds: rounds in which a dataset whose best formula f fits to R2 < 0.999,
   or is off by over 0.1% on over 5% of the points, is decoded again with y - f(x) as
-  the target, the formulas g found joining as f + g refitted on y (1; 0 turns it
+  the target, the formulas g found joining as f + g refitted on y (2; 0 turns it
   off): the model misses a term of a long formula more often than it writes a short
   one wrong (inference.InferenceConfig, BENCHMARKS.md);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
@@ -94,7 +94,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                num_candidates: int = 10, temperature: float = 1.0, max_len: int = 128,
                max_bags: int = 3, views: tuple[str, ...] = inference.InferenceConfig.views,
                max_score_points: int = 2_000, num_refine: int = 10,
-               residual_rounds: int = 1, refine_method: str = "lm",
+               residual_rounds: int = inference.InferenceConfig.residual_rounds,
+               refine_method: str = "lm",
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
                complexity_penalty: float = 1e-3, r2_tolerance: float = 1e-4,

@@ -151,7 +151,7 @@ def test_eval_passes_its_decoding_and_screening_flags_and_refuses_zero_temperatu
   assert seen[0].views == inference.InferenceConfig().views
   assert seen[0].screen_points == inference.InferenceConfig().screen_points > 0
   assert seen[0].decode_batch == inference.InferenceConfig().decode_batch
-  assert seen[0].residual_rounds == inference.InferenceConfig().residual_rounds == 1
+  assert seen[0].residual_rounds == inference.InferenceConfig().residual_rounds == 2
   with flagsaver.flagsaver(views=["scaled", "reversed"], screen_points=0, decode_batch=4,
                            residual_rounds=0, suite=["strogatz"], outdir=str(tmp_path)):
     with pytest.raises(Stop):
