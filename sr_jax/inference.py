@@ -213,6 +213,9 @@ class InferenceConfig:
       raise ValueError(f"search_time must be >= 0 seconds, got {self.search_time}")
     if not self.residual_rtol >= 0:
       raise ValueError(f"residual_rtol must be >= 0, got {self.residual_rtol}")
+    if not 0 <= self.residual_below <= 1:
+      raise ValueError(f"residual_below is an R2 and must be in [0, 1], got "
+                       f"{self.residual_below}")
     if self.max_points_per_bag > 200:
       raise ValueError("the model reads at most 200 points per bag (E2E's training "
                        f"maximum); got max_points_per_bag={self.max_points_per_bag}")

@@ -59,7 +59,8 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
   or is off by over 0.1% on over 5% of the points, is decoded again with y - f(x) as
   the target, the formulas g found joining as f + g refitted on y (2; 0 turns it
   off): the model misses a term of a long formula more often than it writes a short
-  one wrong (inference.InferenceConfig, BENCHMARKS.md);
+  one wrong (inference.InferenceConfig, BENCHMARKS.md); residual_rtol: that relative
+  error (1e-3);
   search_time: seconds of evolutionary search per dataset after refinement, seeded
   with the model's candidates, with sums and ratios of a few terms fitted by
   sparse regression and with power laws times a function of a product of features
@@ -95,6 +96,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                max_bags: int = 3, views: tuple[str, ...] = inference.InferenceConfig.views,
                max_score_points: int = 2_000, num_refine: int = 10,
                residual_rounds: int = inference.InferenceConfig.residual_rounds,
+               residual_rtol: float = inference.InferenceConfig.residual_rtol,
                refine_method: str = "lm",
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
@@ -113,6 +115,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
     self.max_score_points = max_score_points
     self.num_refine = num_refine
     self.residual_rounds = residual_rounds
+    self.residual_rtol = residual_rtol
     self.refine_method = refine_method
     self.refine_iters = refine_iters
     self.search_time = search_time
@@ -136,7 +139,7 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
         temperature=self.temperature, max_len=self.max_len, max_bags=self.max_bags,
         views=(self.views,) if isinstance(self.views, str) else tuple(self.views),
         max_score_points=self.max_score_points, num_refine=self.num_refine,
-        residual_rounds=self.residual_rounds,
+        residual_rounds=self.residual_rounds, residual_rtol=self.residual_rtol,
         refine=refine.RefineConfig(method=self.refine_method,
                                    max_iters=self.refine_iters, seed=seed),
         search_time=self.search_time,

@@ -645,7 +645,9 @@ def test_a_dataset_already_fitted_gets_no_residual_round():
 
 
 @pytest.mark.parametrize("field, value", [("residual_rounds", -1), ("residual_terms", 0),
-                                          ("residual_bags", -1), ("residual_rtol", -0.1)])
+                                          ("residual_bags", -1), ("residual_rtol", -0.1),
+                                          ("residual_below", 1.5),
+                                          ("residual_below", float("nan"))])
 def test_bad_residual_settings_are_refused(field, value):
-  with pytest.raises(ValueError, match="must be positive|must be >= 0"):
+  with pytest.raises(ValueError, match="must be positive|must be >= 0|must be in"):
     inference.InferenceConfig(**{field: value})
