@@ -289,6 +289,8 @@ def _refitted(prefixes: list[list], ids: list[int], xs, ys, config: TidyConfig
   not finite). Levenberg-Marquardt only takes steps that lower the error, so a
   refitted formula is never worse than the given one."""
   refitted, mse = [None] * len(prefixes), np.full(len(prefixes), np.inf)
+  refine_config = refine.RefineConfig(max_iters=config.refit_iters,
+                                      max_points=config.max_points, polish_iters=0)
   # One call per constant bucket: a call pads every formula to its most constants, and
   # LM's normal equations cost K^2 per point.
   classes: dict[int, list[int]] = {}
@@ -300,9 +302,7 @@ def _refitted(prefixes: list[list], ids: list[int], xs, ys, config: TidyConfig
     held = [np.array([expressions.is_small_fraction(t) for t in p if t.__class__ is not str],
                      bool) for p in group]
     result = refine.refine(group, [xs[ids[k]] for k in members], [ys[ids[k]] for k in members],
-                           refine.RefineConfig(max_iters=config.refit_iters,
-                                               max_points=config.max_points, polish_iters=0),
-                           check=False, held=held)
+                           refine_config, check=False, held=held)
     for k, prefix, loss in zip(members, result.prefixes, result.loss):
       refitted[k] = prefix
       mse[k] = loss if np.isfinite(loss) else np.inf

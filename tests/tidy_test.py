@@ -282,8 +282,7 @@ def test_refits_are_batched_by_constant_count_and_agree_with_refitting_alone(mon
   short = ["add", 1.1, "mul", 0.9, "exp", "mul", 0.6, "x_0"]
   long = list(short)
   for k in range(12):  # 24 more constants
-    long = ["add", long[:], "mul", 0.01 * (k + 1), "mul", 1.0 + 0.1 * k, "x_1"]
-    long = [t for part in long for t in (part if isinstance(part, list) else [part])]
+    long = ["add", *long, "mul", 0.01 * (k + 1), "mul", 1.0 + 0.1 * k, "x_1"]
   counts = []
   refit = refine.refine
   monkeypatch.setattr(refine, "refine", lambda prefixes, *rest, **options: counts.append(
