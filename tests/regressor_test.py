@@ -176,10 +176,9 @@ def test_candidates_are_ranked_on_a_subset_of_max_score_points_rows():
 def test_residual_settings_reach_the_pipeline():
   """The regressor's residual parameters default to the pipeline's and are passed on;
   a bad one is refused by name."""
-  assert SymbolicTransformerRegressor()._config().residual_rounds == (
-      inference.InferenceConfig().residual_rounds)
-  assert SymbolicTransformerRegressor()._config().residual_rtol == (
-      inference.InferenceConfig().residual_rtol)
+  default, pipeline = SymbolicTransformerRegressor()._config(), inference.InferenceConfig()
+  assert default.residual_rounds == pipeline.residual_rounds
+  assert default.residual_rtol == pipeline.residual_rtol
   config = _fast(residual_rounds=1, residual_rtol=0.02)._config()
   assert (config.residual_rounds, config.residual_rtol) == (1, 0.02)
   with pytest.raises(ValueError, match="residual_rtol"):
