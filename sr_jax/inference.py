@@ -10,8 +10,9 @@ score them on the training points in their view's coordinates, keep the best of 
 skeleton, refine the constants of the top K per view, decode the residual of the best
 formula where it falls short and add what is found to it, optionally evolve the pool for
 `search_time` seconds per dataset (search.py: its Pareto front and best formula join
-the pool, refined like the rest), rank the pool by R2 or a complexity-penalised score,
-and undo the scaling symbolically.
+the pool, refined like the rest), undo the scaling symbolically, tidy, rank the pool
+by R2 or a complexity-penalised score, polish the selected formula on relative error
+where that pays (relative_polish.py) and simplify it.
 
 Every stage runs batched: decoding in fixed-shape chunks of bags, in a worker thread
 that runs ahead; scoring, refinement and search in a few jitted calls (selection.py,
@@ -37,6 +38,10 @@ Deviations from E2E, on purpose:
   fitted, a small one missed), the model reads the residual y - f(x) as a dataset of
   its own and the formulas g it writes join the pool as f + g, refitted on y. E2E
   decodes once.
+- The selected formula's constants are refitted on relative error (relative_polish.py)
+  and kept so where R2 stays within the selection's slack and the relative error 95%
+  of the points stay within (Acc_tau's measure) at least halves; E2E returns the
+  least-squares constants, which serve the points where |y| is large.
 - A constant candidate (the mean of y) is always in the pool, so every dataset gets
   a formula even when no decoded candidate is valid.
 - A candidate reading a column the data lacks is dropped and counted (E2E's
@@ -64,7 +69,7 @@ import numpy as np
 from flax import nnx
 
 from sr_jax import checkpoint, data, decoding, expressions, metrics, operators, pretrained
-from sr_jax import refine, search, selection, sharding, simplify, tidy
+from sr_jax import refine, relative_polish, search, selection, sharding, simplify, tidy
 from sr_jax.model import MAX_INPUT_DIM, Transformer
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
@@ -74,7 +79,7 @@ MAX_ABS_Y = 9.9995e100
 # every formula, 0 included, reads R2 = 1, and a fit would return 0.0 as exact.
 MIN_Y_SPREAD = 1e-140
 STAGES = ("prepare", "decode", "parse", "rank", "refine", "residual", "search", "tidy",
-          "simplify", "select")
+          "relative_polish", "simplify", "select")
 # The coordinates a bag can be shown in, per feature: standardised (E2E: zero mean,
 # unit variance), scaled (divided by its root mean square, not centred, so a law's
 # products and ratios of features stay products and ratios), raw (as given), or
@@ -176,6 +181,9 @@ class InferenceConfig:
   search: search.SearchConfig = search.SearchConfig()
   # Tidying of the final Pareto front (tidy.py: 1.0*x + 1e-16 -> x); None: off.
   tidy: tidy.TidyConfig | None = tidy.TidyConfig()
+  # The selected formula's constants refitted on relative error, kept where that is
+  # as good by R2 and clearly better by Acc_tau's measure (relative_polish.py); None: off.
+  relative_polish: relative_polish.PolishConfig | None = relative_polish.PolishConfig()
   # The selected formula rewritten by sympy into its smallest exact form
   # (simplify.py: m*a + m*b -> m*(a + b)); on 117 Feynman problems at 2 s it took the
   # median SRBench size from 17 to 15 at the same accuracy (BENCHMARKS.md).
@@ -703,7 +711,7 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
   clock.lap("tidy")
 
   nearby = _finite_nearby(pools, prepared, config)
-  table = []
+  ranked = []
   for i, pool in enumerate(pools):
     complexity = np.array([len(c.prefix) for c in pool])
     r2 = np.array([c.r2 for c in pool])
@@ -713,10 +721,16 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
                                             config.relative_tolerance,
                                             config.max_tolerance, config.error_ratio)
     order = np.argsort(-np.nan_to_num(order_score, nan=-np.inf), kind="stable")
-    rows = [Candidate(tuple(pool[j].prefix), pool[j].refined, float(pool[j].mse),
-                      float(pool[j].r2), int(complexity[j]), float(order_score[j]),
-                      pool[j].source)
-            for j in order]
+    ranked.append([Candidate(tuple(pool[j].prefix), pool[j].refined, float(pool[j].mse),
+                             float(pool[j].r2), int(complexity[j]), float(order_score[j]),
+                             pool[j].source)
+                   for j in order])
+  if config.relative_polish is not None and not clock.expired():
+    clock.lap("select")
+    _polish_best(ranked, raw_xs, raw_ys, config)
+    clock.lap("relative_polish")
+  table = []
+  for i, rows in enumerate(ranked):
     if config.simplify and not clock.expired():
       clock.lap("select")
       rows[0] = _simplified(rows[0], raw_xs[i])
@@ -726,6 +740,23 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
       front = sorted(front + [rows[0]], key=lambda c: (c.complexity, c.mse))
     table.append((rows[:config.max_reported], front, duplicates[i]))
   return table
+
+
+def _polish_best(ranked: list[list[Candidate]], xs: list, ys: list,
+                 config: InferenceConfig) -> None:
+  """Replaces each dataset's selected formula with its relative polish
+  (relative_polish.py) where that is kept."""
+  slack = functools.partial(selection.r2_slack, r2_tolerance=config.r2_tolerance,
+                            relative_tolerance=config.relative_tolerance,
+                            max_tolerance=config.max_tolerance,
+                            error_ratio=config.error_ratio)
+  polished = relative_polish.polish([list(rows[0].prefix) for rows in ranked], xs, ys,
+                                    [rows[0].r2 for rows in ranked], slack, config.refine,
+                                    config.relative_polish)
+  for rows, new in zip(ranked, polished):
+    if new is not None:
+      prefix, mse, r2 = new
+      rows[0] = dataclasses.replace(rows[0], prefix=tuple(prefix), mse=mse, r2=r2)
 
 
 def _best_per_view(pool: list[_Entry], ranked: list[int], keep: int) -> list[int]:
@@ -806,7 +837,8 @@ def _residual_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames:
   remaining = None if clock.deadline is None else clock.deadline - time.perf_counter()
   nested = dataclasses.replace(
       config, residual_rounds=0, search_time=0.0,
-      search=dataclasses.replace(config.search, generations=0), tidy=None, simplify=False,
+      search=dataclasses.replace(config.search, generations=0), tidy=None,
+      relative_polish=None, simplify=False,
       selection="r2", max_reported=config.residual_terms,
       max_bags=config.residual_bags or config.max_bags, max_time=remaining)
   output = fit_residuals(datasets, nested)

@@ -123,6 +123,7 @@ def _converged(old, new, config):
 def _evaluate(constants_BxK, slots, running_B):
   """The normal equations' J^T J (B x K x K) and J^T r (B x K), and the MSE, over
   chunks of points: only as many chunks as the largest running dataset needs.
+  Residuals and Jacobian rows are scaled by each point's weight (1 unless given).
 
   Residuals are exactly 0 at invalid points (a select, so NaN there does not leak).
   Jacobian entries at invalid points, inactive slots, or that are not finite are
@@ -138,11 +139,12 @@ def _evaluate(constants_BxK, slots, running_B):
     prediction_BxC, jacobian_BxKxC = interpreter.values_and_jacobian(
         slots["opcode"], slots["left"], slots["right"], slots["edge"],
         slots["constant_edge"], constants_BxK, take(slots["x"]))
-    mask_BxC = take(slots["mask"])
-    residuals_BxC = jnp.where(mask_BxC, prediction_BxC - take(slots["y"]), 0.0)
+    mask_BxC, weight_BxC = take(slots["mask"]), take(slots["weight"])
+    residuals_BxC = jnp.where(mask_BxC, (prediction_BxC - take(slots["y"])) * weight_BxC,
+                              0.0)
     keep_BxKxC = (mask_BxC[:, None, :] & slots["active"][:, :, None]
                   & jnp.isfinite(jacobian_BxKxC))
-    jacobian_BxKxC = jnp.where(keep_BxKxC, jacobian_BxKxC, 0.0)
+    jacobian_BxKxC = jnp.where(keep_BxKxC, jacobian_BxKxC * weight_BxC[:, None, :], 0.0)
     return (gram_BxKxK + jnp.einsum("bkn,bjn->bkj", jacobian_BxKxC, jacobian_BxKxC),
             gradient_BxK + jnp.einsum("bkn,bn->bk", jacobian_BxKxC, residuals_BxC),
             sse_B + jnp.sum(residuals_BxC**2, axis=1))
@@ -272,7 +274,7 @@ def _lm_step(state, slots, config):
 def _row_residuals(constants_K, slot):
   prediction_N = interpreter.evaluate_one(slot["opcode"], slot["left"], slot["right"],
                                           constants_K, slot["x"])
-  return jnp.where(slot["mask"], prediction_N - slot["y"], 0.0)
+  return jnp.where(slot["mask"], (prediction_N - slot["y"]) * slot["weight"], 0.0)
 
 
 def _row_mse(residuals_N, mask_N):
@@ -280,7 +282,8 @@ def _row_mse(residuals_N, mask_N):
 
 
 def _y_scale(y_N, mask_N):
-  """Masked variance of y (1 where it is 0), so tolerances are scale-free."""
+  """Masked variance of y (1 where it is 0), so tolerances are scale-free. Callers
+  pass the weighted y when the residuals are weighted."""
   count = jnp.maximum(jnp.sum(mask_N), 1)
   mean = jnp.sum(jnp.where(mask_N, y_N, 0.0)) / count
   variance = jnp.sum(jnp.where(mask_N, (y_N - mean)**2, 0.0)) / count
@@ -290,7 +293,7 @@ def _y_scale(y_N, mask_N):
 @jax.custom_vjp
 def _normalized_mse(constants_K, slot):
   return _row_mse(_row_residuals(constants_K, slot), slot["mask"]) / _y_scale(
-      slot["y"], slot["mask"])
+      slot["y"] * slot["weight"], slot["mask"])
 
 
 def _normalized_mse_forward(constants_K, slot):
@@ -300,7 +303,7 @@ def _normalized_mse_forward(constants_K, slot):
   jacobian_NxK, residuals_N = jax.jacfwd(fn, has_aux=True)(constants_K)
   jacobian_NxK = jnp.where(slot["mask"][:, None] & jnp.isfinite(jacobian_NxK),
                            jacobian_NxK, 0.0)
-  scale = _y_scale(slot["y"], slot["mask"])
+  scale = _y_scale(slot["y"] * slot["weight"], slot["mask"])
   count = jnp.maximum(jnp.sum(slot["mask"]), 1)
   gradient_K = 2.0 * (jacobian_NxK.T @ residuals_N) / count / scale
   return _row_mse(residuals_N, slot["mask"]) / scale, gradient_K
@@ -338,7 +341,7 @@ def _lbfgs_row_step(state, slot, config):
   """One L-BFGS step with optax's zoom line search. The loss only decreases, and a
   non-finite trial ends the run at the last (finite) iterate. `loss` is the MSE."""
   value_fn = lambda c: _normalized_mse(c, slot)
-  scale = _y_scale(slot["y"], slot["mask"])
+  scale = _y_scale(slot["y"] * slot["weight"], slot["mask"])
   constants_K, opt_state = state["constants"], state["opt_state"]
   value, gradient_K = optax.value_and_grad_from_state(value_fn)(constants_K,
                                                                 state=opt_state)
@@ -462,31 +465,48 @@ def _usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _points(x, y, max_points: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The first max_points rows in `dtype`, and a mask of the rows whose x and y are
-  finite in it (float32 cannot hold 1e300: such a point counts as missing)."""
+def _points(x, y, max_points: int, dtype, weight=None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """The first max_points rows in `dtype`, a mask of the rows whose x and y (and
+  weight) are finite in it (float32 cannot hold 1e300: such a point counts as
+  missing), and the rows' weights (1 when none are given)."""
   x_NxD = np.asarray(x, np.float64)[:max_points]
   y_N = np.asarray(y, np.float64).reshape(-1)[:max_points]
   if x_NxD.ndim != 2 or x_NxD.shape[0] != y_N.shape[0]:
     raise ValueError(f"x must be N x D and y of length N; got {x_NxD.shape}, "
                      f"{y_N.shape}")
+  w_N = np.ones_like(y_N) if weight is None else np.asarray(
+      weight, np.float64).reshape(-1)[:max_points]
+  if w_N.shape != y_N.shape:
+    raise ValueError(f"weights must have one value per point of y; got {w_N.shape} "
+                     f"for {y_N.shape}")
   with np.errstate(over="ignore"):
-    x_NxD, y_N = x_NxD.astype(dtype), y_N.astype(dtype)
-  mask_N = np.isfinite(y_N) & np.all(np.isfinite(x_NxD), axis=1)
-  return np.where(mask_N[:, None], x_NxD, 0), np.where(mask_N, y_N, 0), mask_N
+    x_NxD, y_N, w_N = x_NxD.astype(dtype), y_N.astype(dtype), w_N.astype(dtype)
+  mask_N = np.isfinite(y_N) & np.all(np.isfinite(x_NxD), axis=1) & np.isfinite(w_N)
+  return (np.where(mask_N[:, None], x_NxD, 0), np.where(mask_N, y_N, 0), mask_N,
+          np.where(mask_N, w_N, 0))
 
 
-def _same_data_key(x, y):
+def _same_data_key(x, y, w=None):
   """Equal for arrays viewing the same memory the same way (candidates of one
   dataset are usually slices of one array); None when that cannot be told."""
-  if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+  if not all(isinstance(a, np.ndarray) for a in (x, y) + ((w,) if w is not None else ())):
     return None
   view = lambda a: (a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str)
-  return view(x), view(y)
+  return view(x), view(y), None if w is None else view(w)
 
 
-def _variance(y_N, mask_N) -> float:
-  return float(np.var(y_N[mask_N].astype(np.float64))) if mask_N.any() else 0.0
+def _variance(y_N, mask_N, w_N) -> float:
+  """The variance of the weighted residuals of the best constant prediction: the
+  denominator of a (weighted) R2."""
+  if not mask_N.any():
+    return 0.0
+  y_N, w_N = y_N[mask_N].astype(np.float64), w_N[mask_N].astype(np.float64)
+  if np.all(w_N == 1):
+    return float(np.var(y_N))
+  weight_N = w_N**2
+  mean = np.sum(weight_N * y_N) / np.sum(weight_N) if np.sum(weight_N) > 0 else 0.0
+  return float(np.mean(weight_N * (y_N - mean)**2))
 
 
 class _Queue:
@@ -504,7 +524,8 @@ class _Queue:
         constant_edge=(np.int32, (num_slots,)), num_points=(np.int32, ()),
         budget=(np.int32, ()), entry=(np.int32, ()), start=(dtype, (num_slots,)),
         x=(dtype, (num_points, operators.MAX_VARIABLES)), y=(dtype, (num_points,)),
-        active=(bool, (num_slots,)), mask=(bool, (num_points,)))
+        weight=(dtype, (num_points,)), active=(bool, (num_slots,)),
+        mask=(bool, (num_points,)))
     group_dtypes = (np.dtype(np.int32), np.dtype(dtype), np.dtype(bool))
     widths = [0] * len(group_dtypes)
     layout = []  # (name, buffer index, first column, row shape): static under jit
@@ -542,13 +563,16 @@ class _Queue:
     x_UxNxD = np.zeros((len(padded), num_points, a["x"].shape[2]), a["x"].dtype)
     y_UxN = np.zeros((len(padded), num_points), a["y"].dtype)
     mask_UxN = np.zeros((len(padded), num_points), bool)
-    for u, (x_NxD, y_N, mask_N) in enumerate(padded):
+    weight_UxN = np.zeros((len(padded), num_points), a["weight"].dtype)
+    for u, (x_NxD, y_N, mask_N, w_N) in enumerate(padded):
       x_NxD = x_NxD[:, :operators.MAX_VARIABLES]  # columns no variable can name
       x_UxNxD[u, :len(y_N), :x_NxD.shape[1]] = x_NxD
       y_UxN[u, :len(y_N)] = y_N
       mask_UxN[u, :len(y_N)] = mask_N
+      weight_UxN[u, :len(y_N)] = w_N
     which = np.array([index[id(d)] for d in data], np.intp)
     a["x"][:n], a["y"][:n], a["mask"][:n] = x_UxNxD[which], y_UxN[which], mask_UxN[which]
+    a["weight"][:n] = weight_UxN[which]
     a["num_points"][:n] = [len(padded[u][1]) for u in which]
 
   def device(self):
@@ -608,8 +632,8 @@ def _refine_stream(program, starts, held, data, budgets, num_points, config, dty
 
 def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
            ys: Sequence[np.ndarray], config: RefineConfig = RefineConfig(),
-           check: bool = True, held: Sequence[np.ndarray] | None = None
-           ) -> RefineResult:
+           check: bool = True, held: Sequence[np.ndarray] | None = None,
+           weights: Sequence[np.ndarray | None] | None = None) -> RefineResult:
   """Refines the constants of prefixes[i] to minimise MSE on (xs[i], ys[i]).
 
   Each dataset is N_i x D_i (a B x N x D array works too); only its first
@@ -619,18 +643,24 @@ def refine(prefixes: Sequence[expressions.Prefix], xs: Sequence[np.ndarray],
   check=False skips validating prefixes that are valid by construction and read only
   their dataset's features (the search's offspring). held[i]: a mask over prefixes[i]'s
   constants (in prefix order) that keep their given values (tidy.py refits the rest
-  of a formula after rounding one constant).
+  of a formula after rounding one constant). weights[i] (one per point of ys[i], or
+  None): the residuals are scaled by them, so the weighted MSE is minimised, and loss
+  and R2 are the weighted ones (inference.py's relative polish weighs 1 / |y|).
   """
   if not len(prefixes) == len(xs) == len(ys):
     raise ValueError(f"{len(prefixes)} prefixes, {len(xs)} x and {len(ys)} y")
   held = _held_masks(prefixes, held)
+  if weights is None:
+    weights = [None] * len(prefixes)
+  elif len(weights) != len(prefixes):
+    raise ValueError(f"{len(weights)} weight arrays for {len(prefixes)} prefixes")
   if not prefixes:
     return RefineResult([], [], np.zeros(0), np.zeros(0), np.zeros(0, np.int32),
                         np.zeros(0, np.int32))
   if config.polish_iters and interpreter.float_dtype() == jnp.float64:
-    return _refine_mixed(prefixes, xs, ys, config, held)
+    return _refine_mixed(prefixes, xs, ys, config, held, weights)
   return _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), held,
-                 check)
+                 weights, check)
 
 
 def _held_masks(prefixes, held) -> list[np.ndarray]:
@@ -648,30 +678,31 @@ def _held_masks(prefixes, held) -> list[np.ndarray]:
 
 
 def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
-            held: Sequence[np.ndarray], check: bool = True) -> RefineResult:
+            held: Sequence[np.ndarray], weights: Sequence[np.ndarray | None],
+            check: bool = True) -> RefineResult:
   """refine() in the current precision, with at most budgets[i] iterations for
-  prefixes[i] (the budget is data, not part of the compiled program) and the
-  constants held[i] fixed."""
+  prefixes[i] (the budget is data, not part of the compiled program), the constants
+  held[i] fixed and the residuals weighted by weights[i] (None: 1)."""
   rng = np.random.default_rng(config.seed)
   dtype = interpreter.float_dtype()
   prepared = {}  # one copy per dataset, not per candidate
-  keys = {}  # (id x, id y) -> _same_data_key: the search passes one pair per dataset
+  keys = {}  # ids of x, y, w -> _same_data_key: the search passes one pair per dataset
   data = []
-  for x, y in zip(xs, ys):
-    ids = (id(x), id(y))
+  for x, y, w in zip(xs, ys, weights):
+    ids = (id(x), id(y), id(w))
     if ids not in keys:
-      keys[ids] = _same_data_key(x, y)
+      keys[ids] = _same_data_key(x, y, w)
     key = keys[ids]
     if key is None or key not in prepared:
-      prepared[key] = _points(x, y, config.max_points, dtype)
+      prepared[key] = _points(x, y, config.max_points, dtype, w)
     data.append(prepared[key])
-  for prefix, (x_NxD, _, _) in zip(prefixes, data) if check else ():
+  for prefix, (x_NxD, *_) in zip(prefixes, data) if check else ():
     expressions.validate(prefix)
     used = expressions.variables_used(prefix)
     if used and max(used) >= x_NxD.shape[1]:
       raise expressions.ExpressionError(
           f"expression uses x_{max(used)} but the data has {x_NxD.shape[1]} feature(s)")
-  num_points = compiler.bucket(max((len(y) for _, y, _ in data), default=1) or 1,
+  num_points = compiler.bucket(max((len(d[1]) for d in data), default=1) or 1,
                                compiler.CALL_POINT_BUCKETS)
   entries = []  # (expression index, start constants)
   for i, prefix in enumerate(prefixes):
@@ -730,13 +761,13 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
   variances = {}  # once per dataset, not per candidate
   for d in data:
     if id(d) not in variances:
-      variances[id(d)] = _variance(d[1], d[2])
+      variances[id(d)] = _variance(d[1], d[2], d[3])
   variance = np.array([variances[id(d)] for d in data])
   with np.errstate(divide="ignore", invalid="ignore"):
     # sklearn's convention for constant y: R2 = 1 if fitted exactly, else 0.
     r2 = np.where(variance > 0, 1.0 - loss / np.where(variance > 0, variance, 1.0),
                   np.where(loss == 0, 1.0, 0.0))
-  has_data = np.array([mask.any() for _, _, mask in data], bool)
+  has_data = np.array([d[2].any() for d in data], bool)
   r2 = np.where(has_data, r2, np.nan)
   status = np.select(
       [~has_data, np.array([c.size == 0 for c in constants]), ~np.isfinite(loss),
@@ -749,8 +780,8 @@ def _refine(prefixes, xs, ys, config: RefineConfig, budgets: Sequence[int],
       iterations=np.array([best[i][4] for i in range(len(prefixes))], np.int32))
 
 
-def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
-                  held: Sequence[np.ndarray]) -> RefineResult:
+def _refine_mixed(prefixes, xs, ys, config: RefineConfig, held: Sequence[np.ndarray],
+                  weights: Sequence[np.ndarray | None]) -> RefineResult:
   """float32 iterations, then a float64 polish: LM converges quadratically near a
   minimum, so a few float64 steps from the float32 result reach float64 accuracy.
   Where float32 fails (the expression overflows its range, or the data does: float32
@@ -762,8 +793,9 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
   14.1% of 256 datasets); on perturbed generated expressions 1.3x faster, at 0.4
   points more R2 > 0.99. Iterations count both stages."""
   with jax.enable_x64(False):
-    rough = _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), held)
-  all_points = _float32_keeps_every_point(xs, ys, config.max_points)
+    rough = _refine(prefixes, xs, ys, config, [config.max_iters] * len(prefixes), held,
+                    weights)
+  all_points = _float32_keeps_every_point(xs, ys, weights, config.max_points)
   usable = [bool(np.isfinite(loss) and np.all(np.isfinite(c)) and complete)
             for c, loss, complete in zip(rough.constants, rough.loss, all_points)]
   polished = [i for i, ok in enumerate(usable) if ok]
@@ -775,7 +807,8 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
                  list(xs) + [xs[i] for i in polished], list(ys) + [ys[i] for i in polished],
                  dataclasses.replace(config, n_starts=1),
                  [config.polish_iters if ok else config.max_iters for ok in usable]
-                 + [0] * len(polished), list(held) + [held[i] for i in polished])
+                 + [0] * len(polished), list(held) + [held[i] for i in polished],
+                 list(weights) + [weights[i] for i in polished])
   n = len(prefixes)
   polish = RefineResult(**{f.name: getattr(both, f.name)[:n]
                            for f in dataclasses.fields(RefineResult)})
@@ -785,7 +818,8 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
   if again:
     redo = _refine([prefixes[i] for i in again], [xs[i] for i in again],
                    [ys[i] for i in again], dataclasses.replace(config, n_starts=1),
-                   [config.max_iters] * len(again), [held[i] for i in again])
+                   [config.max_iters] * len(again), [held[i] for i in again],
+                   [weights[i] for i in again])
     polish = RefineResult(**{
         field.name: _replace_at(getattr(polish, field.name), again, getattr(redo, field.name))
         for field in dataclasses.fields(RefineResult)})
@@ -800,14 +834,14 @@ def _refine_mixed(prefixes, xs, ys, config: RefineConfig,
       usable, rough.iterations, 0))
 
 
-def _float32_keeps_every_point(xs, ys, max_points: int) -> list[bool]:
+def _float32_keeps_every_point(xs, ys, weights, max_points: int) -> list[bool]:
   """Per dataset: whether every point that counts in float64 is finite in float32."""
   verdicts, out = {}, []
-  for x, y in zip(xs, ys):
-    key = _same_data_key(x, y)
+  for x, y, w in zip(xs, ys, weights):
+    key = _same_data_key(x, y, w)
     if key is None or key not in verdicts:
-      verdicts[key] = bool(np.array_equal(_points(x, y, max_points, np.float32)[2],
-                                          _points(x, y, max_points, np.float64)[2]))
+      verdicts[key] = bool(np.array_equal(_points(x, y, max_points, np.float32, w)[2],
+                                          _points(x, y, max_points, np.float64, w)[2]))
     out.append(verdicts[key])
   return out
 

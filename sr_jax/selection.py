@@ -173,10 +173,17 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
     if not finite.any():
       return r2
     best = r2[finite].max()
-    error = max(1 - best, np.finfo(np.float64).eps)  # no R2 is closer to 1
-    floor = min(r2_tolerance, max(error_ratio * error, EXACT_SLACK))
-    slack = max(floor, min(relative_tolerance * error, max_tolerance))
+    slack = r2_slack(best, r2_tolerance, relative_tolerance, max_tolerance, error_ratio)
     within = finite & (r2 >= best - slack)
     shortness = 1 + 1 / (1 + np.asarray(complexity, np.float64))
     return np.where(within, shortness + 1e-6 * np.where(finite, r2, 0), r2)
   raise ValueError(f"unknown selection rule {rule!r}; choose from {SELECTION_RULES}")
+
+
+def r2_slack(best_r2: float, r2_tolerance: float = 1e-4, relative_tolerance: float = 0.1,
+             max_tolerance: float = 3e-4, error_ratio: float = 1e3) -> float:
+  """The R2 a formula may give up against the best one, best_r2, and still count as
+  good as it ('simplest' in selection_score says why each term is there)."""
+  error = max(1 - best_r2, np.finfo(np.float64).eps)  # no R2 is closer to 1
+  floor = min(r2_tolerance, max(error_ratio * error, EXACT_SLACK))
+  return max(floor, min(relative_tolerance * error, max_tolerance))

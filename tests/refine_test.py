@@ -292,3 +292,38 @@ def test_refinement_program_calls_no_lapack_kernel(monkeypatch):
   result = refine.refine(prefixes, xs, ys, refine.RefineConfig(max_iters=3))
   assert texts and len(result.prefixes) == 4
   assert not any("custom_call" in text for text in texts)
+
+
+@pytest.mark.parametrize("method,polish", [("lm", 0), ("lm", 5), ("lbfgs", 0)])
+def test_weighted_residuals_give_numpys_weighted_least_squares(method, polish):
+  """exp(x) on [0, 4] fitted by a cubic with each residual weighted by 1 / y: the
+  constants are numpy's weighted least squares (lstsq on rows scaled by the weights),
+  loss and R2 the weighted ones; unit weights give the unweighted fit exactly."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 4, size=(300, 1))
+  y = np.exp(x[:, 0])
+  weights = 1 / y
+  prefix = [1.0]
+  for power in range(1, 4):
+    prefix = ["add", *prefix, "mul", 1.0, *["mul", "x_0"] * (power - 1), "x_0"]
+  design = np.stack([x[:, 0]**k for k in range(4)], axis=1)
+  oracle = np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
+  config = refine.RefineConfig(method=method, polish_iters=polish, max_iters=300,
+                               ftol=1e-14)
+  with jax.enable_x64(True):
+    weighted = refine.refine([prefix, prefix], [x, x], [y, y], config,
+                             weights=[weights, None])
+  np.testing.assert_allclose(weighted.constants[0], oracle, rtol=1e-4, atol=1e-6)
+  residual = (design @ weighted.constants[0] - y) * weights
+  np.testing.assert_allclose(weighted.loss[0], np.mean(residual**2), rtol=1e-6)
+  centre = np.sum(weights**2 * y) / np.sum(weights**2)
+  np.testing.assert_allclose(
+      weighted.r2[0], 1 - np.mean(residual**2) / np.mean(weights**2 * (y - centre)**2),
+      rtol=1e-9)
+  plain = np.linalg.lstsq(design, y, rcond=None)[0]
+  np.testing.assert_allclose(weighted.constants[1], plain, rtol=1e-4, atol=1e-6)
+  assert np.abs(weighted.constants[0] - weighted.constants[1]).max() > 1e-2
+  with pytest.raises(ValueError, match="one value per point"):
+    refine.refine([prefix], [x], [y], weights=[weights[:10]])
+  with pytest.raises(ValueError, match="1 weight arrays for 2 prefixes"):
+    refine.refine([prefix, prefix], [x, x], [y, y], weights=[weights])
