@@ -182,7 +182,8 @@ class InferenceConfig:
   # Tidying of the final Pareto front (tidy.py: 1.0*x + 1e-16 -> x); None: off.
   tidy: tidy.TidyConfig | None = tidy.TidyConfig()
   # The selected formula's constants refitted on relative error, kept where that is
-  # as good by R2 and clearly better by Acc_tau's measure (relative_polish.py); None: off.
+  # as good by R2 and clearly better by Acc_tau's measure (relative_polish.py), and
+  # so the formula each residual round decodes the residual of; None: off.
   relative_polish: relative_polish.PolishConfig | None = relative_polish.PolishConfig()
   # The selected formula rewritten by sympy into its smallest exact form
   # (simplify.py: m*a + m*b -> m*(a + b)); on 117 Feynman problems at 2 s it took the
@@ -742,17 +743,24 @@ def _rank_refine_select(prepared: list[_Prepared], candidates: list[list],
   return table
 
 
-def _polish_best(ranked: list[list[Candidate]], xs: list, ys: list,
-                 config: InferenceConfig) -> None:
-  """Replaces each dataset's selected formula with its relative polish
-  (relative_polish.py) where that is kept."""
+def _relative_polish(prefixes: list, r2: list, xs: list, ys: list,
+                     config: InferenceConfig) -> list[tuple[list, float, float] | None]:
+  """relative_polish.polish of each dataset's formula (raw view) on its scoring points,
+  with the selection rule's slack."""
   slack = functools.partial(selection.r2_slack, r2_tolerance=config.r2_tolerance,
                             relative_tolerance=config.relative_tolerance,
                             max_tolerance=config.max_tolerance,
                             error_ratio=config.error_ratio)
-  polished = relative_polish.polish([list(rows[0].prefix) for rows in ranked], xs, ys,
-                                    [rows[0].r2 for rows in ranked], slack, config.refine,
-                                    config.relative_polish)
+  return relative_polish.polish(prefixes, xs, ys, r2, slack, config.refine,
+                                config.relative_polish)
+
+
+def _polish_best(ranked: list[list[Candidate]], xs: list, ys: list,
+                 config: InferenceConfig) -> None:
+  """Replaces each dataset's selected formula with its relative polish
+  (relative_polish.py) where that is kept."""
+  polished = _relative_polish([list(rows[0].prefix) for rows in ranked],
+                              [rows[0].r2 for rows in ranked], xs, ys, config)
   for rows, new in zip(ranked, polished):
     if new is not None:
       prefix, mse, r2 = new
@@ -818,11 +826,20 @@ def _residual_into(pools: list[list[_Entry]], prepared: list[_Prepared], frames:
   config.residual_below or is not within residual_rtol of y on 95% of the points
   (metrics.ACCURACY_SHARE), the pipeline (without search, tidying or another round)
   finds formulas g for y - f(x); the best config.residual_terms join the pool as
-  f + g, refined on y like the model's candidates. False when no dataset took part."""
+  f + g, refined on y like the model's candidates. With config.relative_polish, f is
+  first polished on relative error where that pays (relative_polish.py): the residual
+  of a least-squares f hides a small missed term under f's own errors where |y| is
+  small (in-domain 0-199: R2 > 0.99 / > 0.999 0.650 / 0.575 -> 0.660 / 0.590, none
+  lost; BENCHMARKS.md). False when no dataset took part."""
+  bests = [min(pool, key=lambda c: c.mse if np.isfinite(c.mse) else np.inf)
+           for pool in pools]
+  fs = [p.to_raw(best.prefix, best.view) for best, p in zip(bests, prepared)]
+  if config.relative_polish is not None:
+    polished = _relative_polish(fs, [best.r2 for best in bests], *frames.of_view("raw"),
+                                config)
+    fs = [f if new is None else new[0] for f, new in zip(fs, polished)]
   owners, datasets = [], []
-  for i, (pool, p) in enumerate(zip(pools, prepared)):
-    best = min(pool, key=lambda c: c.mse if np.isfinite(c.mse) else np.inf)
-    f = p.to_raw(best.prefix, best.view)
+  for i, (f, best, p) in enumerate(zip(fs, bests, prepared)):
     with np.errstate(all="ignore"):
       residual = p.y - expressions.evaluate(f, p.x_kept)
       close = np.mean(np.abs(residual) <= config.residual_rtol * np.abs(p.y))
