@@ -71,6 +71,7 @@ from flax import nnx
 from sr_jax import checkpoint, data, decoding, expressions, metrics, operators, pretrained
 from sr_jax import refine, relative_polish, search, selection, sharding, simplify, tidy
 from sr_jax.model import MAX_INPUT_DIM, Transformer
+from sr_jax.selection import ERROR_RATIO, MAX_TOLERANCE, R2_TOLERANCE, RELATIVE_TOLERANCE
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
 MAX_ABS_Y = 9.9995e100
@@ -115,7 +116,10 @@ class InferenceConfig:
   # further looks, not in the default for their cost: with both, 600 in-domain
   # problems went from 32.8% to 36.5% (23 won, 1 lost) and 100 Feynman from 29% to 31%,
   # for 1.55x (in-domain) and 1.6x (Feynman) the seconds per task; fewer samples in more
-  # views at the default's cost gave no gain (BENCHMARKS.md).
+  # views at the default's cost gave no gain (BENCHMARKS.md). With today's pipeline
+  # (residual rounds, polish) five views took in-domain problems 0-199 from Acc0.1 /
+  # 0.01 0.500 / 0.405 to 0.520 / 0.445 but Feynman's first 50 from R2 > 0.99 0.82 to
+  # 0.78 (R2 > 0.999 0.58 -> 0.66), for 1.4x the seconds: mixed, so still left out.
   views: tuple[str, ...] = ("standardised", "scaled", "mirrored")
   # Bags per decoding call (a fixed shape: one compile); 0: 8 on a CPU, 64 on an
   # accelerator (`default_decode_batch`). A call runs until its longest candidate
@@ -164,16 +168,17 @@ class InferenceConfig:
   # rates with median SRBench size 18 instead of 22 (BENCHMARKS.md).
   selection: str = "simplest"
   complexity_penalty: float = 1e-3  # 'penalized': the price of a prefix node
-  r2_tolerance: float = 1e-4  # 'simplest': the R2 a shorter formula may give up,
-  relative_tolerance: float = 0.1  # ... or this share of the best formula's 1 - R2,
+  r2_tolerance: float = R2_TOLERANCE  # 'simplest': the R2 a shorter formula
+  relative_tolerance: float = RELATIVE_TOLERANCE  # may give up, or this share
+  # of the best formula's 1 - R2,
   # but never more than max_tolerance: with noise in y the best formula's 1 - R2 is the
   # noise's share, and 10% of it let simpler, wrong formulas win (Feynman at SRBench's
   # noise 0.1: R2 > 0.99 71.8% uncapped, 78.6% capped; BENCHMARKS.md).
-  max_tolerance: float = 3e-4
+  max_tolerance: float = MAX_TOLERANCE
   # ... and near an exact fit at most error_ratio times the best formula's 1 - R2: an
   # exact law is kept over a shorter approximation (Feynman at 2 s: 11 of 117 laws;
   # BENCHMARKS.md).
-  error_ratio: float = 1e3
+  error_ratio: float = ERROR_RATIO
   max_reported: int = 32  # candidates kept in each dataset's table
   # Evolutionary search after refinement (search.py): seconds per dataset (0: off),
   # and its knobs (search.generations > 0 runs that many generations instead).
@@ -228,6 +233,12 @@ class InferenceConfig:
     if self.max_points_per_bag > 200:
       raise ValueError("the model reads at most 200 points per bag (E2E's training "
                        f"maximum); got max_points_per_bag={self.max_points_per_bag}")
+
+  def r2_slack(self, best_r2: float) -> float:
+    """The R2 a formula may give up against the best one, best_r2, and still count as
+    good as it under this config's tolerances (selection.r2_slack)."""
+    return selection.r2_slack(best_r2, self.r2_tolerance, self.relative_tolerance,
+                              self.max_tolerance, self.error_ratio)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -747,11 +758,7 @@ def _relative_polish(prefixes: list, r2: list, xs: list, ys: list,
                      config: InferenceConfig) -> list[tuple[list, float, float] | None]:
   """relative_polish.polish of each dataset's formula (raw view) on its scoring points,
   with the selection rule's slack."""
-  slack = functools.partial(selection.r2_slack, r2_tolerance=config.r2_tolerance,
-                            relative_tolerance=config.relative_tolerance,
-                            max_tolerance=config.max_tolerance,
-                            error_ratio=config.error_ratio)
-  return relative_polish.polish(prefixes, xs, ys, r2, slack, config.refine,
+  return relative_polish.polish(prefixes, xs, ys, r2, config.r2_slack, config.refine,
                                 config.relative_polish)
 
 

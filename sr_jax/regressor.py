@@ -103,9 +103,11 @@ class SymbolicTransformerRegressor(RegressorMixin, BaseEstimator):
                refine_method: str = "lm",
                refine_iters: int = 100, search_time: float = 2.0,
                search_generations: int = 0, selection: str = "simplest",
-               complexity_penalty: float = 1e-3, r2_tolerance: float = 1e-4,
-               relative_tolerance: float = 0.1, max_tolerance: float = 3e-4,
-               error_ratio: float = 1e3,
+               complexity_penalty: float = inference.InferenceConfig.complexity_penalty,
+               r2_tolerance: float = inference.InferenceConfig.r2_tolerance,
+               relative_tolerance: float = inference.InferenceConfig.relative_tolerance,
+               max_tolerance: float = inference.InferenceConfig.max_tolerance,
+               error_ratio: float = inference.InferenceConfig.error_ratio,
                max_time: float | None = None,
                float64: bool = True, random_state: int | None = None):
     self.pretrained = pretrained

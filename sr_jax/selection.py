@@ -25,6 +25,12 @@ SELECTION_RULES = ("r2", "penalized", "simplest")
 # (R2 itself is spaced 1.1e-16 below 1). 1e-10 let a formula 1.5e-11 worse than an
 # exact law win that was 0.1% off on a sixth of its points (BENCHMARKS.md).
 EXACT_SLACK = 1e-13
+# The 'simplest' rule's defaults (selection_score says why each is there), shared by
+# InferenceConfig and the regressor.
+R2_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 0.1
+MAX_TOLERANCE = 3e-4
+ERROR_RATIO = 1e3
 # Elements (candidates x nodes x points) one scoring call may hold in its node buffers.
 _ELEMENT_BUDGET = 1 << 24
 
@@ -139,10 +145,10 @@ def unique_by_skeleton(prefixes: Sequence[expressions.Prefix], order: Sequence[i
 
 def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
                     complexity_penalty: float = 1e-3,
-                    r2_tolerance: float = 1e-4,
-                    relative_tolerance: float = 0.1,
-                    max_tolerance: float = 3e-4,
-                    error_ratio: float = 1e3) -> np.ndarray:
+                    r2_tolerance: float = R2_TOLERANCE,
+                    relative_tolerance: float = RELATIVE_TOLERANCE,
+                    max_tolerance: float = MAX_TOLERANCE,
+                    error_ratio: float = ERROR_RATIO) -> np.ndarray:
   """Higher is better, within one dataset's candidates.
 
   'r2': E2E's rule, the most accurate. 'penalized': R2 minus a price per prefix node, so
@@ -180,8 +186,9 @@ def selection_score(r2: np.ndarray, complexity: np.ndarray, rule: str,
   raise ValueError(f"unknown selection rule {rule!r}; choose from {SELECTION_RULES}")
 
 
-def r2_slack(best_r2: float, r2_tolerance: float = 1e-4, relative_tolerance: float = 0.1,
-             max_tolerance: float = 3e-4, error_ratio: float = 1e3) -> float:
+def r2_slack(best_r2: float, r2_tolerance: float = R2_TOLERANCE,
+             relative_tolerance: float = RELATIVE_TOLERANCE,
+             max_tolerance: float = MAX_TOLERANCE, error_ratio: float = ERROR_RATIO) -> float:
   """The R2 a formula may give up against the best one, best_r2, and still count as
   good as it ('simplest' in selection_score says why each term is there)."""
   error = max(1 - best_r2, np.finfo(np.float64).eps)  # no R2 is closer to 1

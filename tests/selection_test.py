@@ -7,6 +7,7 @@ import sklearn.metrics
 
 from sr_jax import expressions
 from sr_jax import generator
+from sr_jax import inference
 from sr_jax import selection
 
 
@@ -46,3 +47,18 @@ def test_constant_target_follows_sklearn():
   y = np.full(10, 3.0)
   got = selection.score([[3.0], ["add", 3.0, "x_0"]], [0, 0], [x], [y])
   np.testing.assert_allclose(got.r2, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("best", [1.0, 1 - 1e-12, 1 - 1e-6, 0.999, 0.9])
+def test_r2_slack_is_the_room_the_simplest_rule_gives(best):
+  """A shorter formula just inside r2_slack is picked, one just outside is not; the
+  inference config's slack is the same function of its own tolerances."""
+  slack = selection.r2_slack(best)
+  inside, outside = best - slack * (1 - 1e-6), best - slack * (1 + 1e-3)
+  score = selection.selection_score([best, inside, outside], [20, 10, 5], "simplest")
+  assert np.argmax(score) == 1 and score[2] < 1 < score[1]
+  tolerances = dict(r2_tolerance=1e-3, relative_tolerance=0.5, max_tolerance=1e-2,
+                    error_ratio=10.0)
+  assert inference.InferenceConfig(**tolerances).r2_slack(best) == selection.r2_slack(
+      best, **tolerances)
+  assert inference.InferenceConfig().r2_slack(best) == slack

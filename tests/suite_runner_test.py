@@ -78,6 +78,9 @@ def test_rows_summary_and_plots(tmp_path):
   table = report.summary(rows)
   assert list(table["datasets"]) == [3, 3]
   assert table.loc[table["noise"] == 0, "R2>0.999"].item() == 1.0
+  # E2E's Table 2 is keyed by the summary's columns (benchmarks/projection.py reads them).
+  assert table.loc[table["noise"] == 0, list(report.E2E_IN_DOMAIN)].to_numpy().tolist() == [
+      [1.0, 1.0, 1.0, 1.0]]
   text = open(paths["summary"]).read()
   assert "| toy | 0.000 | 3 | 0 | 1.000 | 1.000 |" in text
   assert "Pipeline seconds by stage over 6 tasks: prepare" in text and "refine" in text
