@@ -40,16 +40,19 @@ def scores(path: str, problems, out: str) -> dict:
           **{m: float(summary[m]) for m in METRICS}}
 
 
-def projection(examples: np.ndarray, values: np.ndarray, target: float
-               ) -> tuple[float, float]:
-  """(gain per 10x examples, examples where a + b log10(examples) reaches target):
-  inf where the fit does not rise, the last file's examples where it is there."""
-  slope, intercept = np.polyfit(np.log10(examples), values, 1)
+def projection(examples: np.ndarray, values: np.ndarray, target: float | None
+               ) -> tuple[float, float, float | None]:
+  """The fit values = intercept + slope log10(examples) as (slope: the gain per 10x
+  examples, intercept, the examples where it reaches target): inf where the fit does
+  not rise, the last file's examples where that file is there, None without a target."""
+  slope, intercept = (float(v) for v in np.polyfit(np.log10(examples), values, 1))
+  if target is None:
+    return slope, intercept, None
   if values[np.argmax(examples)] >= target:
-    return float(slope), float(examples.max())
+    return slope, intercept, float(examples.max())
   if slope <= 0:
-    return float(slope), float("inf")
-  return float(slope), float(10 ** ((target - intercept) / slope))
+    return slope, intercept, float("inf")
+  return slope, intercept, float(10 ** ((target - intercept) / slope))
 
 
 def main():
@@ -84,14 +87,13 @@ def main():
   for metric, target in targets.items():
     values = frame[metric].to_numpy(float)
     line = axis.plot(examples, values, marker="o", label=metric)[0]
-    slope, intercept = np.polyfit(np.log10(examples), values, 1)
+    slope, intercept, needed = projection(examples, values, target)
     axis.plot(grid, intercept + slope * np.log10(grid), ls=":", color=line.get_color())
     if target is None:
       print(f"| {metric} | {values[-1]:.3f} | | {slope:+.3f} | |")
       continue
     axis.axhline(target, ls="--", lw=0.8, color=line.get_color())
-    gain, needed = projection(examples, values, target)
-    print(f"| {metric} | {values[-1]:.3f} | {target} | {gain:+.3f} | {needed:.3g} |")
+    print(f"| {metric} | {values[-1]:.3f} | {target} | {slope:+.3f} | {needed:.3g} |")
   axis.set(xscale="log", xlabel="training examples seen", ylim=(0, 1),
            ylabel=f"in-domain test metric ({args.problems} problems, model alone)",
            title="dotted: fit a + b log10(examples); dashed: E2E's Table 2")

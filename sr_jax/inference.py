@@ -71,6 +71,7 @@ from flax import nnx
 from sr_jax import checkpoint, data, decoding, expressions, metrics, operators, pretrained
 from sr_jax import refine, relative_polish, search, selection, sharding, simplify, tidy
 from sr_jax.model import MAX_INPUT_DIM, Transformer
+# By name: inside InferenceConfig the field `selection` hides the module.
 from sr_jax.selection import ERROR_RATIO, MAX_TOLERANCE, R2_TOLERANCE, RELATIVE_TOLERANCE
 
 # The largest |y| the float tokens represent (tokens.py): 9.9995e100.
